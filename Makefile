@@ -1,0 +1,40 @@
+# The course's commands. `make lab` and `make test` set everything up by themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export PYTHONHASHSEED := 0
+
+.PHONY: setup lab test unit notebooks course bench export lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+lab: setup            ## open JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: setup           ## unit tests, then every notebook through nbval in the smoke profile
+	$(PY) -m pytest -q tests
+	AD_PROFILE=smoke $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
+
+unit: setup
+	$(PY) -m pytest -q tests
+
+course: setup         ## run every notebook in this machine's profile, keep outputs, update results/ and README
+	$(PY) -m anomaly_utils.course
+
+bench: setup          ## time fit and inference of every method, write results/bench.json
+	$(PY) -m anomaly_utils.bench
+
+export: setup         ## copy #@save cells of the notebooks into anomaly_utils/lessons/
+	$(PY) -m anomaly_utils.export
+
+lint: setup
+	$(VENV)/bin/ruff check anomaly_utils tests notebooks
+
+clean:
+	rm -rf data/cache .pytest_cache

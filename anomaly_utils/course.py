@@ -1,0 +1,90 @@
+"""Execute notebooks headless, keep their outputs, and refresh ``results/`` and the README table.
+
+    python -m anomaly_utils.course                     # every notebook, this machine's profile
+    python -m anomaly_utils.course notebooks/02_fcdd.ipynb --profile cpu
+
+Outputs are kept (learners see real results on GitHub); execution counts and timing metadata
+are stripped so that diffs stay small. Each notebook's wall time is printed and written to
+``results/runtimes.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from .profiles import REPO_ROOT, get_profile
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+
+
+def clean_notebook(nb) -> None:
+    """Strip execution counts and timing metadata, in place (``nb`` is an nbformat node)."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.execution_count = None
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("ExecuteTime", None)
+        for out in cell.get("outputs", []):
+            if "execution_count" in out:
+                out["execution_count"] = None
+
+
+def run_notebook(path: Path, profile: str, timeout: int = 3600) -> float:
+    """Execute ``path`` in place in ``profile``; returns the wall seconds."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    env_profile = os.environ.get("AD_PROFILE")
+    os.environ["AD_PROFILE"] = profile
+    start = time.perf_counter()
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        if env_profile is None:
+            os.environ.pop("AD_PROFILE", None)
+        else:
+            os.environ["AD_PROFILE"] = env_profile
+    seconds = time.perf_counter() - start
+    clean_notebook(nb)
+    nbformat.write(nb, path)
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: this machine's)")
+    parser.add_argument("--no-readme", action="store_true", help="do not regenerate the README table")
+    args = parser.parse_args(argv)
+    profile = args.profile or get_profile()
+    paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    runtimes_path = REPO_ROOT / "results" / "runtimes.json"
+    runtimes = json.loads(runtimes_path.read_text()) if runtimes_path.exists() else {}
+    total = 0.0
+    for path in paths:
+        print(f"running {path.name} in the {profile} profile ...", flush=True)
+        seconds = run_notebook(Path(path), profile)
+        total += seconds
+        print(f"  {path.name}: {seconds / 60:.1f} min", flush=True)
+        if profile != "smoke":
+            runtimes.setdefault(path.stem, {})[profile] = round(seconds, 1)
+    print(f"total: {total / 60:.1f} min")
+    if profile != "smoke":
+        runtimes_path.parent.mkdir(exist_ok=True)
+        runtimes_path.write_text(json.dumps(runtimes, indent=1, sort_keys=True) + "\n")
+        if not args.no_readme:
+            from .results import update_readme
+            update_readme()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

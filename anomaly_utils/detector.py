@@ -1,0 +1,122 @@
+"""One small detector interface that every lesson's method implements.
+
+A detector is any object with::
+
+    fit(train_dataset) -> self                      # normal images only
+    predict(images [N, C, H, W]) -> (pred_score [N], anomaly_map [N, H, W] or None)
+
+Higher scores mean "more anomalous". ``evaluate`` runs a fitted detector over a test split and
+returns the metrics and timings; ``fit_timed`` times the fit. That is the whole protocol: the
+leaderboard and a practitioner's own data use nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+
+
+@runtime_checkable
+class Detector(Protocol):
+    def fit(self, train_dataset) -> "Detector": ...
+
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]: ...
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` returns: metrics, timings and the raw outputs (for plots)."""
+
+    image_auroc: float
+    pixel_auroc: Optional[float]
+    aupro: Optional[float]
+    infer_ms_per_image: float
+    pred_scores: np.ndarray  # [N]
+    labels: np.ndarray  # [N]
+    anomaly_maps: Optional[np.ndarray] = None  # [N, H, W] at image size
+    extra: dict = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        """The numbers, rounded, for a table or ``save_result``."""
+        def r(v):
+            return None if v is None else round(float(v), 4)
+        return {"image_auroc": r(self.image_auroc), "pixel_auroc": r(self.pixel_auroc), "aupro": r(self.aupro),
+                "infer_ms_per_image": round(self.infer_ms_per_image, 3)}
+
+    def __repr__(self) -> str:
+        m = self.metrics()
+        return ("Evaluation(" + ", ".join(f"{k}={v}" for k, v in m.items() if v is not None) + ")")
+
+
+def fit_timed(detector, train_dataset) -> float:
+    """Fit and return the seconds it took."""
+    start = time.perf_counter()
+    detector.fit(train_dataset)
+    return time.perf_counter() - start
+
+
+def _sync(device) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def evaluate(detector, test_dataset, batch_size: int = 32, pixel_metrics: bool = True,
+             keep_maps: bool = True) -> Evaluation:
+    """Score ``test_dataset`` with a fitted detector and compute the course's metrics.
+
+    Image AUROC always; pixel AUROC and AUPRO when the data set has masks and the detector returns
+    anomaly maps (upsampled bilinearly to the image size if smaller). Inference time is measured
+    per image over the whole split (a first batch is run once to warm up).
+    """
+    test_dataset.check_test_split()
+    images = test_dataset.images
+    n = len(images)
+    with torch.no_grad():
+        detector.predict(images[: min(batch_size, n)])  # warm-up (lazy init, caches, JIT)
+    scores, maps = [], []
+    _sync(None)
+    start = time.perf_counter()
+    for i in range(0, n, batch_size):
+        s, m = detector.predict(images[i:i + batch_size])
+        scores.append(torch.as_tensor(s).detach().float().cpu().reshape(-1))
+        if m is not None:
+            m = torch.as_tensor(m).detach().float().cpu()
+            if m.ndim == 4:
+                m = m[:, 0]
+            if m.shape[-2:] != images.shape[-2:]:
+                m = F.interpolate(m[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            maps.append(m)
+    _sync(None)
+    elapsed = time.perf_counter() - start
+    pred = torch.cat(scores).numpy()
+    if len(pred) != n:
+        raise ValueError(f"predict returned {len(pred)} scores for {n} images; it must return one per image.")
+    if not np.isfinite(pred).all():
+        raise ValueError("predict returned NaN or infinite scores; check the model's training (a diverged loss?).")
+    labels = test_dataset.labels.numpy()
+    anomaly_maps = torch.cat(maps).numpy() if maps else None
+    pix = pro = None
+    if pixel_metrics and anomaly_maps is not None and test_dataset.has_masks:
+        masks = test_dataset.masks.numpy()
+        pix = metrics.pixel_auroc(masks, anomaly_maps)
+        pro = metrics.aupro(masks, anomaly_maps)
+    return Evaluation(metrics.image_auroc(labels, pred), pix, pro, 1000 * elapsed / n, pred, labels,
+                      anomaly_maps if keep_maps else None)
+
+
+def predict_batched(detector, images: torch.Tensor, batch_size: int = 32):
+    """``detector.predict`` over ``images`` in batches; returns ``(scores [N], maps [N, H, W] or None)``."""
+    scores, maps = [], []
+    for i in range(0, len(images), batch_size):
+        s, m = detector.predict(images[i:i + batch_size])
+        scores.append(torch.as_tensor(s).detach().cpu().reshape(-1))
+        if m is not None:
+            maps.append(torch.as_tensor(m).detach().cpu())
+    return torch.cat(scores), (torch.cat(maps) if maps else None)

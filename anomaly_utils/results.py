@@ -1,0 +1,107 @@
+"""One JSON per lesson with the numbers of its last full run, and the README table made from them.
+
+``save_result`` is the last code cell of every notebook. It writes ``results/<lesson>.json`` only in
+the ``cpu`` and ``gpu`` profiles (a ``smoke`` run's numbers mean nothing), unless ``force=True``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import torch
+
+from .profiles import REPO_ROOT, get_device, get_profile
+
+RESULTS_DIR = REPO_ROOT / "results"
+README = REPO_ROOT / "README.md"
+TABLE_BEGIN, TABLE_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def result_row(method: str, dataset: str, image_auroc=None, pixel_auroc=None, aupro=None,
+               train_seconds=None, infer_ms_per_image=None, **extra) -> dict:
+    """One line of a lesson's results: a method on a data set."""
+    def r(v, nd=4):
+        return None if v is None else round(float(v), nd)
+    row = {"method": method, "dataset": dataset, "image_auroc": r(image_auroc), "pixel_auroc": r(pixel_auroc),
+           "aupro": r(aupro), "train_seconds": r(train_seconds, 2), "infer_ms_per_image": r(infer_ms_per_image, 3)}
+    row.update(extra)
+    return row
+
+
+def save_result(lesson: str, rows: list[dict], notes: str = "", runtime_seconds: float | None = None,
+                force: bool = False, results_dir: Path | None = None) -> Path | None:
+    """Write ``results/<lesson>.json``: the rows plus profile, device, torch version and date.
+
+    In the ``smoke`` profile nothing is written (returns ``None``) unless ``force``.
+    """
+    profile = get_profile()
+    if profile == "smoke" and not force:
+        print(f"smoke profile: results/{lesson}.json left as it is ({len(rows)} rows computed).")
+        return None
+    for row in rows:
+        missing = {"method", "dataset"} - set(row)
+        if missing:
+            raise ValueError(f"every row needs 'method' and 'dataset' (use result_row); missing {missing}.")
+    out_dir = Path(results_dir) if results_dir else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = get_device()
+    payload = {
+        "lesson": lesson, "profile": profile,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+        "runtime_seconds": None if runtime_seconds is None else round(runtime_seconds, 1),
+        "notes": notes, "rows": rows,
+    }
+    path = out_dir / f"{lesson}.json"
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path} ({len(rows)} rows)")
+    return path
+
+
+def load_results(results_dir: Path | None = None) -> list[dict]:
+    """Every lesson's JSON, sorted by lesson."""
+    d = Path(results_dir) if results_dir else RESULTS_DIR
+    return [json.loads(p.read_text()) for p in sorted(d.glob("[0-9][0-9]_*.json"))]
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def results_table(results_dir: Path | None = None, mean_over_classes: bool = True) -> str:
+    """A markdown table of every row of every lesson (one-vs-rest classes averaged into one row)."""
+    lines = ["| lesson | method | data | image AUROC | pixel AUROC | AUPRO | fit s | ms / image | profile |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for res in load_results(results_dir):
+        groups: dict[tuple, list] = {}
+        for row in res["rows"]:
+            ds = row["dataset"]
+            if mean_over_classes and ds.startswith(("mnist/", "digits/")):
+                ds = ds.split("/")[0] + " (mean of classes)"
+            groups.setdefault((row["method"], ds), []).append(row)
+        for (method, ds), rows in groups.items():
+            def mean(key):
+                vals = [r.get(key) for r in rows if r.get(key) is not None]
+                return sum(vals) / len(vals) if vals else None
+            fit = mean("train_seconds")
+            ms = mean("infer_ms_per_image")
+            lines.append(f"| {res['lesson']} | {method} | {ds} | {_fmt(mean('image_auroc'))} | "
+                         f"{_fmt(mean('pixel_auroc'))} | {_fmt(mean('aupro'))} | "
+                         f"{'–' if fit is None else f'{fit:.1f}'} | {'–' if ms is None else f'{ms:.1f}'} | "
+                         f"{res['profile']} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path | None = None, results_dir: Path | None = None) -> bool:
+    """Replace the README's results table (between the two markers) with one made from ``results/``."""
+    path = Path(readme) if readme else README
+    text = path.read_text()
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        raise ValueError(f"{path} has no '{TABLE_BEGIN}' ... '{TABLE_END}' markers for the results table.")
+    head, rest = text.split(TABLE_BEGIN, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    new = f"{head}{TABLE_BEGIN}\n{results_table(results_dir)}\n{TABLE_END}{tail}"
+    path.write_text(new)
+    return new != text

@@ -1,0 +1,132 @@
+"""Figures the lessons share: image grids with masks, heatmap overlays, ROC curves, score histograms.
+
+Everything takes torch tensors or NumPy arrays; images are ``[N, C, H, W]`` or ``[N, H, W]`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from . import metrics
+
+plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "axes.titlesize": 9})
+
+
+def _np(x):
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _as_hwc(image) -> np.ndarray:
+    """``[C, H, W]`` or ``[H, W]`` -> something ``imshow`` takes."""
+    image = _np(image)
+    if image.ndim == 3:
+        image = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+    return np.clip(image, 0, 1)
+
+
+def _show(ax, image, title=None):
+    img = _as_hwc(image)
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    ax.set_xticks([]), ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title)
+
+
+def show_grid(images, masks=None, titles=None, ncols: int = 8, size: float = 1.6):
+    """A grid of images; with ``masks``, each mask's outline is drawn in red on its image."""
+    images, masks = _np(images), _np(masks)
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        _show(ax, images[k], None if titles is None else titles[k])
+        if masks is not None and masks[k].any():
+            ax.contour(masks[k], levels=[0.5], colors="red", linewidths=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def show_heatmaps(images, anomaly_maps, masks=None, titles=None, n: int | None = None, vmax=None):
+    """Rows of (image with mask outline, heatmap overlay) pairs; one shared colour scale."""
+    images, maps, masks = _np(images), _np(anomaly_maps), _np(masks)
+    n = len(images) if n is None else min(n, len(images))
+    vmax = float(np.quantile(maps[:n], 0.999)) if vmax is None else vmax
+    vmin = float(np.min(maps[:n]))
+    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 3.8), squeeze=False)
+    for k in range(n):
+        _show(axes[0, k], images[k], None if titles is None else titles[k])
+        _show(axes[1, k], images[k])
+        axes[1, k].imshow(maps[k], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+        if masks is not None and masks[k].any():
+            for ax in axes[:, k]:
+                ax.contour(masks[k], levels=[0.5], colors="white", linewidths=0.8)
+    axes[0, 0].set_ylabel("image + mask")
+    axes[1, 0].set_ylabel("anomaly map")
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc(curves: dict, ax=None, title: str = "ROC"):
+    """ROC curves of several methods: ``{name: (labels, scores)}``; AUROC in the legend."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    for name, (labels, scores) in curves.items():
+        fpr, tpr, _ = metrics.roc_curve(labels, scores)
+        ax.plot(fpr, tpr, label=f"{name} ({np.trapezoid(tpr, fpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    return ax
+
+
+def plot_score_hist(labels, scores, ax=None, title: str = "anomaly scores", threshold=None, bins: int = 30):
+    """Histograms of the scores of normal and anomalous items (optionally a threshold line)."""
+    labels, scores = _np(labels).astype(bool), _np(scores)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    edges = np.histogram_bin_edges(scores, bins=bins)
+    ax.hist(scores[~labels], bins=edges, alpha=0.6, label="normal", density=True)
+    ax.hist(scores[labels], bins=edges, alpha=0.6, label="anomalous", density=True)
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold")
+    ax.set_title(title)
+    ax.set_xlabel("pred_score")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_losses(history: dict, ax=None, title: str = "training", logy: bool = False):
+    """Loss curves: ``{name: [value per epoch or step]}``."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    for name, values in history.items():
+        ax.plot(values, label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def best_and_worst(labels, scores, k: int = 3):
+    """Indices of the most convincing and the most misleading items: for a heatmap gallery.
+
+    Returns ``(best, worst)``: best = highest-scored anomalies; worst = lowest-scored anomalies
+    followed by the highest-scored normal items.
+    """
+    labels, scores = _np(labels).astype(bool), _np(scores)
+    anom, norm = np.flatnonzero(labels), np.flatnonzero(~labels)
+    best = anom[np.argsort(-scores[anom])[:k]]
+    worst = np.r_[anom[np.argsort(scores[anom])[:k]], norm[np.argsort(-scores[norm])[:k]]]
+    return best, worst
