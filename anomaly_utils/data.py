@@ -133,7 +133,7 @@ def _one_vs_rest(x: np.ndarray, y: np.ndarray, normal_classes, n_train, n_test_n
             test_idx += idx[n_tr:n_tr + n_test_normal].tolist()
         else:
             test_idx += idx[:n_test_anomalous].tolist()
-    test_idx = np.array(test_idx)
+    test_idx = np.array(test_idx, dtype=int)  # an empty list would become a float array
     is_anomalous = ~np.isin(y[test_idx], normal_classes)
     train = AnomalyDataset(x[train_idx], np.zeros(len(train_idx)), None,
                            [str(v) for v in y[train_idx]], f"{name}/train")

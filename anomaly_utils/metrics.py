@@ -16,6 +16,11 @@ def _np(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _check_lengths(y: np.ndarray, s: np.ndarray, what: str) -> None:
+    if y.shape != s.shape:
+        raise ValueError(f"{what}: {y.size} labels but {s.size} scores; give exactly one score per label.")
+
+
 def _check_binary(labels: np.ndarray, what: str) -> None:
     present = np.unique(labels)
     if not (len(present) == 2 and set(present.tolist()) <= {0, 1}):
@@ -30,6 +35,7 @@ def roc_curve(labels, scores):
     """
     y = _np(labels).ravel().astype(bool)
     s = _np(scores).ravel().astype(np.float64)
+    _check_lengths(y, s, "roc_curve")
     _check_binary(y.astype(int), "roc_curve")
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
@@ -99,9 +105,15 @@ def aupro(masks, anomaly_maps, fpr_limit: float = 0.3, n_thresholds: int = 200) 
         pro.append(np.mean(hit / region_sizes))
     fpr, pro = np.array(fpr), np.array(pro)
     keep = fpr <= fpr_limit + 1e-12
-    fpr, pro = fpr[keep], pro[keep]
-    if fpr[-1] < fpr_limit:  # close the curve at fpr_limit by linear interpolation to the next point
-        fpr, pro = np.r_[fpr, fpr_limit], np.r_[pro, pro[-1]]
+    beyond = np.flatnonzero(~keep)  # fpr rises with the index: the points past fpr_limit come last
+    fpr_in, pro_in = fpr[keep], pro[keep]
+    if fpr_in[-1] < fpr_limit:  # close the curve at fpr_limit by linear interpolation to the next point
+        end = pro_in[-1]
+        if len(beyond):  # (with tied normal scores the next point can be far: FPR jumps past the limit)
+            j = beyond[0]
+            end = pro_in[-1] + (pro[j] - pro_in[-1]) * (fpr_limit - fpr_in[-1]) / (fpr[j] - fpr_in[-1])
+        fpr_in, pro_in = np.r_[fpr_in, fpr_limit], np.r_[pro_in, end]
+    fpr, pro = fpr_in, pro_in
     return float(np.trapezoid(pro, fpr) / fpr_limit)
 
 
@@ -112,6 +124,7 @@ def f1_optimal_threshold(labels, scores):
     """
     y = _np(labels).ravel().astype(bool)
     s = _np(scores).ravel().astype(np.float64)
+    _check_lengths(y, s, "f1_optimal_threshold")
     _check_binary(y.astype(int), "f1_optimal_threshold")
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
