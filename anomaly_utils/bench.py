@@ -1,0 +1,116 @@
+"""``make bench``: time fit and inference of every method on the embedded data, write ``results/bench.json``.
+
+For each method of the leaderboard's registry (``anomaly_utils.lessons.leaderboard.METHODS``) and each
+data set it applies to, in a fresh process (so that peak memory is the method's own):
+
+* seconds to fit (median of ``--repeats`` fits),
+* images per second at inference (median of ``--repeats`` passes over the test split),
+* peak resident memory of the process (MB) and, on CUDA, peak GPU memory,
+* for methods on the pretrained backbone: inference time divided by the backbone's own forward time.
+
+    python -m anomaly_utils.bench [--repeats 3] [--methods kNN PaDiM] [--profile cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import time
+
+import torch
+
+from .profiles import REPO_ROOT, get_device, get_profile, seed_everything
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _bench_one(name: str, dataset: str, repeats: int, queue) -> None:
+    """Runs in a child process: fit and predict one method on one data set, put a dict on ``queue``."""
+    try:
+        from .lessons.leaderboard import METHODS, bench_data
+
+        seed_everything(0)
+        spec = METHODS[name]
+        train, test = bench_data(dataset)
+        images = test.images
+        fit_s = _median_seconds(lambda: spec.make(dataset).fit(train), repeats)
+        detector = spec.make(dataset).fit(train)
+        with torch.no_grad():
+            detector.predict(images[:8])  # warm-up
+            infer_s = _median_seconds(lambda: [detector.predict(images[i:i + 32]) for i in range(0, len(images), 32)],
+                                      repeats)
+        row = {"method": name, "dataset": dataset, "fit_seconds": round(fit_s, 3),
+               "images_per_second": round(len(images) / infer_s, 2),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        if torch.cuda.is_available():
+            row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if spec.uses_backbone:
+            from .backbones import FeatureExtractor
+
+            backbone = FeatureExtractor(spec.backbone_blocks).to(get_device())
+            with torch.no_grad():
+                backbone(images[:8].to(get_device()))
+                backbone_s = _median_seconds(
+                    lambda: [backbone(images[i:i + 32].to(get_device())) for i in range(0, len(images), 32)], repeats)
+            row["backbone_images_per_second"] = round(len(images) / backbone_s, 2)
+            row["inference_over_backbone"] = round(infer_s / backbone_s, 2)
+        queue.put(row)
+    except Exception as err:  # report, do not hide: the row carries the error
+        queue.put({"method": name, "dataset": dataset, "error": f"{type(err).__name__}: {err}"})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args(argv)
+    if args.profile:
+        import os
+        os.environ["AD_PROFILE"] = args.profile
+    from .lessons.leaderboard import BENCH_DATASETS, METHODS
+
+    names = args.methods or list(METHODS)
+    unknown = set(names) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
+    ctx = mp.get_context("spawn")
+    rows = []
+    for name in names:
+        for dataset in BENCH_DATASETS:
+            if dataset.split("/")[0] not in METHODS[name].data:
+                continue
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_bench_one, args=(name, dataset, args.repeats, queue))
+            proc.start()
+            row = queue.get()
+            proc.join()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out = REPO_ROOT / "results" / "bench.json"
+    out.parent.mkdir(exist_ok=True)
+    device = get_device()
+    payload = {"profile": get_profile(), "repeats": args.repeats, "statistic": "median",
+               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else
+               f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "rows": rows}
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {out.relative_to(REPO_ROOT)}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
