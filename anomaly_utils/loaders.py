@@ -179,9 +179,12 @@ class _Item(NamedTuple):
 def _build(train_items: list[_Item], test_items: list[_Item], size, grey: bool, name: str,
            has_masks: bool) -> tuple[AnomalyDataset, AnomalyDataset]:
     """Decode, resize and stack every item; one channel count for the whole set."""
+    from tqdm.auto import tqdm
+
     size = _check_size(size)
     images, masks = [], []
-    for item in train_items + test_items:
+    items = train_items + test_items
+    for item in tqdm(items, desc=f"loading {name}", disable=len(items) < 100, leave=False):
         a = _read_image(item.path, grey)
         hw = a.shape[:2]
         images.append(_resize_image(a, size))
@@ -193,9 +196,7 @@ def _build(train_items: list[_Item], test_items: list[_Item], size, grey: bool, 
         if len(shapes) > 1:
             raise ValueError(f"{name}: the images have different sizes ({_few(sorted(shapes), 4)}); pass "
                              "size=... to resize them all to one size.")
-    if grey:
-        images = [t if t.shape[0] == 1 else t.mean(0, keepdim=True) for t in images]  # (16-bit colour only)
-    elif any(t.shape[0] == 3 for t in images):
+    if not grey and any(t.shape[0] == 3 for t in images):
         images = [t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in images]
     n = len(train_items)
     stacked = torch.stack(images)
@@ -293,9 +294,13 @@ def load_folder(normal_dir, anomalous_dir, mask_dir=None, mask_pattern: str = "{
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1 (the share of normal images held out for "
                          f"the test), got {test_fraction}.")
-    if "{stem}" not in mask_pattern:
-        raise ValueError(f"mask_pattern must contain '{{stem}}' (the image's file name without extension), "
-                         f"e.g. '{{stem}}_mask.png' or '{{stem}}.png'; got {mask_pattern!r}.")
+    try:
+        valid = "{stem}" in mask_pattern and bool(mask_pattern.format(stem="x"))
+    except (KeyError, IndexError, ValueError):  # other fields, such as "{name}", or stray braces
+        valid = False
+    if not valid:
+        raise ValueError(f"mask_pattern must contain '{{stem}}' (the image's file name without extension) and "
+                         f"no other '{{...}}' field, e.g. '{{stem}}_mask.png' or '{{stem}}.png'; got {mask_pattern!r}.")
     normal_dir = _require_dir(normal_dir, "normal image folder")
     anomalous_dir = _require_dir(anomalous_dir, "anomalous image folder")
     if normal_dir.resolve() == anomalous_dir.resolve():
@@ -372,7 +377,7 @@ def load_torchvision(name: str, root, normal_class=0, n_train: int | None = None
     every other class anomalous. Training images come from the official training split (normal
     classes only), test images from the official test split: ``n_test_normal`` of each normal class
     and ``n_test_anomalous`` of each anomalous class (default ``None``: all of them, the paper's test
-    set). ``download=False`` always: missing files raise a ``FileNotFoundError`` that says how to get
+    set). Classes are indices or names (``"cat"``). ``download=False`` always: missing files raise a ``FileNotFoundError`` that says how to get
     them. Images are ``[1, 28, 28]`` (MNIST, Fashion-MNIST) or ``[3, 32, 32]`` (CIFAR-10; ``grey=True``
     gives 1 channel).
     """
@@ -390,14 +395,24 @@ def load_torchvision(name: str, root, normal_class=0, n_train: int | None = None
     for train in (True, False):
         try:
             ds = cls(str(root), train=train, download=False)
-        except RuntimeError as err:  # torchvision: "Dataset not found ..."
-            raise _torchvision_missing(cls_name, root, str(err).split(".")[0]) from None
-        except Exception as err:  # truncated or corrupt files
+        except Exception as err:
+            if isinstance(err, RuntimeError) and "not found" in str(err):  # torchvision's "Dataset not found"
+                raise _torchvision_missing(cls_name, root, str(err).split(".")[0]) from None
             raise ValueError(f"torchvision's {cls_name} files under {str(root)!r} could not be read "
                              f"({type(err).__name__}: {err}); they look corrupt: fetch them again.") from None
         x, y = np.asarray(ds.data), np.asarray(ds.targets)
         splits[train] = (x, y)
+    names = {c.lower(): i for i, c in enumerate(ds.classes)}
+
+    def class_index(c):  # an index, or a class name such as "cat" (CIFAR-10) or "Sneaker" (Fashion-MNIST)
+        if isinstance(c, str):
+            if c.lower() not in names:
+                raise ValueError(f"{cls_name}: no class named {c!r}; the classes are {list(ds.classes)}.")
+            return names[c.lower()]
+        return c
+
     normal = [normal_class] if np.isscalar(normal_class) else list(normal_class)
+    normal = [class_index(c) for c in normal]
     classes = sorted(set(splits[True][1].tolist()))
     if not set(normal) <= set(classes):
         raise ValueError(f"{cls_name}: normal class(es) {normal} not among the classes {classes}.")
@@ -420,6 +435,6 @@ def load_torchvision(name: str, root, normal_class=0, n_train: int | None = None
     if n_test_anomalous is None:
         n_test_anomalous = int(counts.max())
     _, test = _one_vs_rest(to_float(x_te), y_te, normal, 0, n_test_normal, n_test_anomalous, seed, cls_name)
-    label = normal_class if np.isscalar(normal_class) else "+".join(map(str, normal))
+    label = "+".join(map(str, normal))
     train.name, test.name = f"{cls_name.lower()}/{label}/train", f"{cls_name.lower()}/{label}/test"
     return train, test

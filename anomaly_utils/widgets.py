@@ -189,7 +189,7 @@ class Explorer:
             _draw_sample(row, self.images[i], self.maps[i], None if self.masks is None else self.masks[i],
                          self.threshold, self.vmin, self.vmax,
                          title=f"{reason}: {_caption(i, self.scores, self.labels, self.titles)}")
-        fig.suptitle("anomaly map explorer (static: interactive in JupyterLab with AD_PROFILE != smoke)",
+        fig.suptitle("anomaly map explorer, static view (interactive in Jupyter outside the smoke profile)",
                      fontsize=9)
         fig.tight_layout()
         return fig

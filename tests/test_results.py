@@ -1,0 +1,80 @@
+"""results: one JSON per lesson, and the README table made from them."""
+
+import json
+
+import pytest
+
+from anomaly_utils.results import (
+    TABLE_BEGIN,
+    TABLE_END,
+    result_row,
+    results_table,
+    save_result,
+    update_readme,
+)
+
+
+def test_result_row_rounds_and_keeps_extras():
+    row = result_row("PatchCore", "textures/brick", image_auroc=0.912345, train_seconds=12.3456, coreset=0.1)
+    assert row["image_auroc"] == 0.9123 and row["train_seconds"] == 12.35
+    assert row["pixel_auroc"] is None and row["coreset"] == 0.1
+
+
+def test_save_result_writes_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("AD_PROFILE", "cpu")
+    rows = [result_row("kNN", "mnist/0", image_auroc=0.95), result_row("kNN", "mnist/1", image_auroc=0.99)]
+    path = save_result("00_primer", rows, notes="test", runtime_seconds=12.34, results_dir=tmp_path)
+    assert path == tmp_path / "00_primer.json" and path.exists()
+    payload = json.loads(path.read_text())
+    assert payload["lesson"] == "00_primer" and payload["profile"] == "cpu"
+    assert payload["rows"] == rows and payload["notes"] == "test" and payload["runtime_seconds"] == 12.3
+    assert payload["device"] and payload["torch"] and payload["date"]
+
+
+def test_smoke_profile_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AD_PROFILE", "smoke")
+    assert save_result("00_primer", [result_row("kNN", "mnist/0")], results_dir=tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+    assert "smoke" in capsys.readouterr().out
+    assert save_result("00_primer", [result_row("kNN", "mnist/0")], results_dir=tmp_path, force=True).exists()
+
+
+def test_rows_need_method_and_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("AD_PROFILE", "cpu")
+    with pytest.raises(ValueError, match="method"):
+        save_result("00_primer", [{"image_auroc": 0.5}], results_dir=tmp_path)
+
+
+@pytest.fixture
+def two_lessons(tmp_path, monkeypatch):
+    monkeypatch.setenv("AD_PROFILE", "cpu")
+    save_result("01_deep_svdd", [result_row("Deep SVDD", "mnist/0", image_auroc=0.9, train_seconds=10),
+                                 result_row("Deep SVDD", "mnist/1", image_auroc=0.8, train_seconds=20)],
+                results_dir=tmp_path)
+    save_result("07_memory_bank", [result_row("PatchCore", "textures/brick", 0.97, 0.95, 0.88, 30.0, 12.5)],
+                results_dir=tmp_path)
+    (tmp_path / "bench.json").write_text("{}")  # not a lesson: ignored
+    return tmp_path
+
+
+def test_results_table(two_lessons):
+    lines = results_table(two_lessons).splitlines()
+    assert lines[0].startswith("| lesson | method |") and len(lines) == 4
+    assert lines[2] == "| 01_deep_svdd | Deep SVDD | mnist (mean of classes) | 0.850 | – | – | 15.0 | – | cpu |"
+    assert lines[3] == "| 07_memory_bank | PatchCore | textures/brick | 0.970 | 0.950 | 0.880 | 30.0 | 12.5 | cpu |"
+    per_class = results_table(two_lessons, mean_over_classes=False)
+    assert "| mnist/0 | 0.900 |" in per_class and "| mnist/1 | 0.800 |" in per_class
+
+
+def test_update_readme(two_lessons, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Course\n\nintro\n\n{TABLE_BEGIN}\nold table\n{TABLE_END}\n\nthe end\n")
+    assert update_readme(readme, two_lessons) is True
+    text = readme.read_text()
+    assert "old table" not in text and "| 07_memory_bank | PatchCore |" in text
+    assert text.startswith("# Course\n\nintro\n\n") and text.endswith("\n\nthe end\n")
+    assert text.count(TABLE_BEGIN) == 1 and text.count(TABLE_END) == 1
+    assert update_readme(readme, two_lessons) is False  # unchanged the second time
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        update_readme(readme, two_lessons)
