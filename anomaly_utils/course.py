@@ -3,8 +3,8 @@
     python -m anomaly_utils.course                     # every notebook, this machine's profile
     python -m anomaly_utils.course notebooks/02_fcdd.ipynb --profile cpu
 
-Outputs are kept (learners see real results on GitHub); execution counts and timing metadata
-are stripped so that diffs stay small. Each notebook's wall time is printed and written to
+Outputs are kept (learners see real results on GitHub); execution counts are renumbered 1, 2, ...
+and timing metadata is stripped, so that diffs stay small. Each notebook's wall time is printed and written to
 ``results/runtimes.json``.
 """
 
@@ -22,17 +22,23 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 
 
 def clean_notebook(nb) -> None:
-    """Strip execution counts and timing metadata, in place (``nb`` is an nbformat node)."""
+    """Number code cells 1, 2, ... and strip timing metadata, in place (``nb`` is an nbformat node).
+
+    Execution counts are made deterministic rather than removed: nbval treats a cell without an
+    execution count as unrun and fails on its stored outputs ("Unrun reference cell has outputs").
+    """
     nb.metadata.pop("widgets", None)
+    count = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
+        count += 1
+        cell.execution_count = count
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
         for out in cell.get("outputs", []):
             if "execution_count" in out:
-                out["execution_count"] = None
+                out["execution_count"] = count
 
 
 def run_notebook(path: Path, profile: str, timeout: int = 3600) -> float:

@@ -78,8 +78,9 @@ def results_table(results_dir: Path | None = None, mean_over_classes: bool = Tru
         groups: dict[tuple, list] = {}
         for row in res["rows"]:
             ds = row["dataset"]
-            if mean_over_classes and ds.startswith(("mnist/", "digits/")):
-                ds = ds.split("/")[0] + " (mean of classes)"
+            family, _, which = ds.rpartition("/")
+            if mean_over_classes and which.isdigit():  # one-vs-rest rows: "mnist/3", "mnist-inverted/3"
+                ds = family + " (mean of classes)"
             groups.setdefault((row["method"], ds), []).append(row)
         for (method, ds), rows in groups.items():
             def mean(key):
@@ -94,14 +95,47 @@ def results_table(results_dir: Path | None = None, mean_over_classes: bool = Tru
     return "\n".join(lines)
 
 
+def summary_table(results_dir: Path | None = None) -> str:
+    """The README's compact table: one row per method, means over mnist classes and texture categories.
+
+    Made from the leaderboard's JSON (every method on the same splits) when it exists, else from
+    every lesson's JSON.
+    """
+    results = load_results(results_dir)
+    board = [r for r in results if r["lesson"] == "09_leaderboard"]
+    results = board or results
+    lines = ["| lesson | method | mnist image AUROC | textures image AUROC | textures pixel AUROC | "
+             "textures AUPRO | fit s | ms / image | profile |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        methods = list(dict.fromkeys(row["method"] for row in res["rows"]))
+        for method in methods:
+            rows = [r for r in res["rows"] if r["method"] == method]
+            mnist = [r for r in rows if r["dataset"].rpartition("/")[0] == "mnist"]
+            tex = [r for r in rows if r["dataset"].startswith("textures/")]
+            if not (mnist or tex):
+                continue
+
+            def mean(sel, key):
+                vals = [r.get(key) for r in sel if r.get(key) is not None]
+                return sum(vals) / len(vals) if vals else None
+            fit, ms = mean(mnist + tex, "train_seconds"), mean(mnist + tex, "infer_ms_per_image")
+            lesson = rows[0].get("lesson", res["lesson"])
+            lines.append(f"| {lesson} | {method} | {_fmt(mean(mnist, 'image_auroc'))} | "
+                         f"{_fmt(mean(tex, 'image_auroc'))} | {_fmt(mean(tex, 'pixel_auroc'))} | "
+                         f"{_fmt(mean(tex, 'aupro'))} | {'–' if fit is None else f'{fit:.1f}'} | "
+                         f"{'–' if ms is None else f'{ms:.1f}'} | {res['profile']} |")
+    return "\n".join(lines)
+
+
 def update_readme(readme: Path | None = None, results_dir: Path | None = None) -> bool:
-    """Replace the README's results table (between the two markers) with one made from ``results/``."""
+    """Replace the README's results table (between the two markers) with ``summary_table``."""
     path = Path(readme) if readme else README
     text = path.read_text()
     if TABLE_BEGIN not in text or TABLE_END not in text:
         raise ValueError(f"{path} has no '{TABLE_BEGIN}' ... '{TABLE_END}' markers for the results table.")
     head, rest = text.split(TABLE_BEGIN, 1)
     _, tail = rest.split(TABLE_END, 1)
-    new = f"{head}{TABLE_BEGIN}\n{results_table(results_dir)}\n{TABLE_END}{tail}"
+    new = f"{head}{TABLE_BEGIN}\n{summary_table(results_dir)}\n{TABLE_END}{tail}"
     path.write_text(new)
     return new != text
