@@ -1,0 +1,105 @@
+"""Unit tests of lesson 03's exported code (anomaly_utils.lessons.anogan)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from anomaly_utils import AnomalyDataset
+from anomaly_utils.lessons.anogan import (
+    AnoGAN,
+    Discriminator,
+    Generator,
+    anogan_energy,
+    crop_to,
+    latent_search,
+    pad_to,
+    train_dcgan,
+)
+
+
+@pytest.mark.parametrize("isize", [32, 64])
+def test_network_shapes(isize):
+    G, D = Generator(isize, nz=8, nc=1, ngf=4), Discriminator(isize, nc=1, ndf=4)
+    x = G(torch.randn(3, 8))
+    assert x.shape == (3, 1, isize, isize)
+    assert 0 <= x.min() and x.max() <= 1  # sigmoid output, like the data
+    logit, f = D(x)
+    assert logit.shape == (3,)
+    assert f.shape[0] == 3 and f.shape[-2:] == (4, 4)
+
+
+def test_pad_crop_roundtrip():
+    x = torch.rand(2, 1, 28, 28)
+    p = pad_to(x, 32)
+    assert p.shape == (2, 1, 32, 32)
+    assert torch.equal(crop_to(p[:, 0], 28), x[:, 0])
+    assert pad_to(x, 28) is x
+
+
+def test_energy_terms_and_lambda():
+    x = torch.zeros(2, 1, 4, 4)
+    f = torch.zeros(2, 3, 2, 2)
+    assert torch.allclose(anogan_energy(x, x, f, f), torch.zeros(2))
+    # residual only: L_R = 16 per image, weighted by 1 - lambda
+    assert torch.allclose(anogan_energy(x, x + 1, f, f, lam=0.1), torch.full((2,), 0.9 * 16))
+    # discrimination only: L_D = 12 per image (an L1 sum), weighted by lambda
+    assert torch.allclose(anogan_energy(x, x, f, f - 1, lam=0.1), torch.full((2,), 0.1 * 12))
+    # per-image: changing image 1 leaves image 0's energy alone
+    x_gen = x.clone()
+    x_gen[1] += 0.5
+    e = anogan_energy(x, x_gen, f, f)
+    assert e[0] == 0 and e[1] > 0
+
+
+class _PixelG(nn.Module):
+    """A 'generator' that can draw any image exactly: G(z) = z reshaped (nz = number of pixels)."""
+
+    def __init__(self, side=6):
+        super().__init__()
+        self.nz, self.side = side * side, side
+
+    def forward(self, z):
+        return z.view(len(z), 1, self.side, self.side)
+
+
+class _PixelD(nn.Module):
+    def forward(self, x):
+        return x.flatten(1).sum(1), x  # features f_D(x) = x
+
+
+def test_latent_search_reduces_energy_with_a_dcgan():
+    torch.manual_seed(0)
+    G, D = Generator(32, 8, 1, 4).eval(), Discriminator(32, 1, 4).eval()
+    x = torch.rand(3, 1, 32, 32)
+    _, energy, trace = latent_search(G, D, x, n_iter=30, lr=0.1, track=True)
+    assert trace.shape == (30, 3)
+    assert (energy < trace[0]).all()  # every image's energy went down
+    assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())  # G untouched
+
+
+def test_exact_generator_gives_near_zero_score():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 6, 6)
+    _, energy, trace = latent_search(_PixelG(), _PixelD(), x, n_iter=300, lr=0.05, track=True)
+    assert (energy < 0.05 * trace[0]).all()
+    assert energy.max() < 1.0  # summed over 36 pixels: a mean error below ~0.03
+
+
+def test_anogan_detector_interface():
+    torch.manual_seed(0)
+    images = torch.rand(16, 1, 28, 28) * 0.1
+    det = AnoGAN(isize=32, nz=8, ngf=4, ndf=4, epochs=1, batch_size=8, n_iter=3).fit(AnomalyDataset(images, torch.zeros(16)))
+    assert set(det.history) >= {"loss_d", "loss_g", "d_real", "d_fake", "snapshots"}
+    with torch.no_grad():  # evaluate() calls predict under no_grad: the search must still work
+        score, amap = det.predict(torch.rand(5, 1, 28, 28))
+    assert score.shape == (5,) and amap.shape == (5, 28, 28)
+    assert torch.isfinite(score).all() and (amap >= 0).all()
+
+
+def test_train_dcgan_history_is_finite():
+    torch.manual_seed(0)
+    G, D = Generator(32, 8, 1, 4), Discriminator(32, 1, 4)
+    h = train_dcgan(G, D, torch.rand(16, 1, 32, 32), epochs=2, batch_size=8, n_snapshots=2)
+    assert len(h["loss_d"]) == 2 and len(h["snapshots"]) == 2
+    assert all(torch.isfinite(torch.tensor(h[k])).all() for k in ("loss_d", "loss_g"))
+    assert not G.training and not D.training  # returned in eval mode, ready for the search

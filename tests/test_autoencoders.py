@@ -1,0 +1,139 @@
+"""Unit tests of lesson 05's exported code: SSIM, the ELBO, the autoencoder and its detector."""
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from anomaly_utils import AnomalyDataset, evaluate
+from anomaly_utils.lessons.autoencoders import (
+    ConvAutoencoder,
+    ReconstructionDetector,
+    box_blur,
+    elbo_terms,
+    gaussian_window,
+    ssim,
+    ssim_loss,
+    ssim_map,
+)
+
+
+def _images(n=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # smooth-ish random images in [0, 1]
+    x = torch.rand(n, 1, size // 4, size // 4, generator=g)
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def test_gaussian_window_is_normalised_and_symmetric():
+    w = gaussian_window(11, 1.5)
+    assert w.shape == (11, 11)
+    assert torch.isclose(w.sum(), torch.tensor(1.0))
+    assert torch.allclose(w, w.T) and torch.allclose(w, w.flip(0))
+    assert w[5, 5] == w.max()
+
+
+@pytest.mark.parametrize("gaussian", [True, False])
+def test_ssim_of_identical_images_is_one(gaussian):
+    x = _images()
+    s = ssim(x, x, window_size=7, gaussian=gaussian)
+    assert s.shape == (2,)
+    assert torch.allclose(s, torch.ones(2), atol=1e-5)
+    assert ssim_loss(x, x, window_size=7).abs() < 1e-5
+
+
+def test_ssim_decreases_with_noise():
+    x = _images(1)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(x.shape, generator=g)
+    values = [ssim(x, (x + s * noise).clamp(0, 1), window_size=7).item() for s in (0.0, 0.05, 0.1, 0.2, 0.4)]
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert values[-1] < 0.5
+
+
+def test_ssim_map_shape_and_range():
+    x, y = _images(2, 32, 0), _images(2, 32, 1)
+    m = ssim_map(x, y, window_size=11)
+    assert m.shape == x.shape
+    assert (m <= 1 + 1e-5).all() and (m >= -1 - 1e-5).all()
+
+
+def test_ssim_matches_skimage_with_a_uniform_window():
+    x, y = _images(1, 48, 0), _images(1, 48, 1)
+    y = 0.7 * x + 0.3 * y
+    win = 7
+    ours = ssim_map(x, y, window_size=win, gaussian=False)[0, 0]
+    pad = win // 2
+    ours = ours[pad:-pad, pad:-pad].mean().item()  # skimage averages the map without its borders
+    ref = structural_similarity(x[0, 0].numpy(), y[0, 0].numpy(), win_size=win, data_range=1.0,
+                                use_sample_covariance=False)
+    assert abs(ours - ref) < 1e-3, (ours, ref)
+
+
+def test_elbo_terms():
+    x = _images(3)
+    mu, logvar = torch.zeros(3, 5), torch.zeros(3, 5)
+    rec, kl = elbo_terms(x, x, mu, logvar)
+    assert rec.shape == kl.shape == (3,)
+    assert torch.allclose(rec, torch.zeros(3)) and torch.allclose(kl, torch.zeros(3))
+    # KL against torch.distributions
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(3, 5), torch.ones(3, 5))
+    _, kl = elbo_terms(x, x, mu, logvar)
+    assert torch.allclose(kl, torch.distributions.kl_divergence(q, p).sum(1), atol=1e-5)
+    # the reconstruction term is the Gaussian negative log-likelihood up to a constant
+    x_hat = (x + 0.1).clamp(0, 1)
+    rec, _ = elbo_terms(x, x_hat, mu, logvar, sigma=0.2)
+    assert torch.allclose(rec, (x - x_hat).pow(2).flatten(1).sum(1) / (2 * 0.2 ** 2))
+
+
+@pytest.mark.parametrize("variational", [False, True])
+def test_conv_autoencoder_shapes(variational):
+    m = ConvAutoencoder(1, 32, latent_dim=8, width=8, variational=variational)
+    x = _images(2, 32)
+    out = m(x)
+    if variational:
+        x_hat, mu, logvar = out
+        assert mu.shape == logvar.shape == (2, 8, 1, 1)
+    else:
+        x_hat = out
+    assert x_hat.shape == x.shape and (x_hat >= 0).all() and (x_hat <= 1).all()
+    with pytest.raises(ValueError):
+        ConvAutoencoder(1, 48)
+
+
+def test_box_blur():
+    maps = torch.zeros(1, 9, 9)
+    maps[0, 4, 4] = 9.0
+    out = box_blur(maps, 3)
+    assert out.shape == maps.shape
+    assert torch.isclose(out[0, 4, 4], torch.tensor(1.0)) and torch.isclose(out.sum(), torch.tensor(9.0))
+    assert torch.equal(box_blur(maps, 1), maps)
+
+
+@pytest.mark.parametrize("loss", ["l2", "ssim", "vae"])
+def test_detector_fit_predict(loss):
+    train = AnomalyDataset(_images(16, 32, 0), torch.zeros(16))
+    test_images = _images(6, 32, 1)
+    masks = torch.zeros(6, 32, 32)
+    masks[3:, 8:16, 8:16] = 1
+    test_images[3:, :, 8:16, 8:16] = 1.0  # white squares: anomalies
+    test = AnomalyDataset(test_images, torch.tensor([0, 0, 0, 1, 1, 1]), masks)
+    det = ReconstructionDetector(loss, latent_dim=8, width=8, epochs=2, batch_size=8, window_size=7,
+                                 use_cache=False, progress=False)
+    assert det.fit(train) is det
+    assert len(det.history["loss"]) == 2 and np.isfinite(det.history["loss"]).all()
+    scores, maps = det.predict(test.images)
+    assert scores.shape == (6,) and maps.shape == (6, 32, 32)
+    assert torch.isfinite(scores).all() and (maps >= -1e-6).all()
+    rec, x_hat = det.reconstruction_loss(test.images)
+    assert rec.shape == (6,) and x_hat.shape == test.images.shape
+    ev = evaluate(det, test)
+    assert 0 <= ev.image_auroc <= 1 and ev.pixel_auroc is not None
+
+
+def test_unknown_loss_is_rejected():
+    with pytest.raises(ValueError):
+        ReconstructionDetector("l1")

@@ -1,0 +1,75 @@
+"""Unit tests of lesson 06's exported code: the energy, one projection step, inpainting, the detector."""
+
+import pytest
+import torch
+
+from anomaly_utils import AnomalyDataset
+from anomaly_utils.lessons.autoencoders import ReconstructionDetector
+from anomaly_utils.lessons.gradient_projection import GradientProjection, GradientProjectionDetector
+
+
+def _images(n, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, size // 4, size // 4, generator=g)
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def ae():
+    train = AnomalyDataset(_images(32), torch.zeros(32))
+    det = ReconstructionDetector("l2", latent_dim=8, width=8, epochs=3, batch_size=8, use_cache=False,
+                                 progress=False)
+    return det.fit(train)
+
+
+def test_energy_is_reconstruction_plus_l1(ae):
+    x_0 = _images(2, seed=1)
+    x_t = (x_0 + 0.1).clamp(0, 1)
+    proj = GradientProjection(ae, lam=0.5)
+    e, x_hat = proj.energy(x_t, x_0)
+    rec, _ = ae.reconstruction_loss(x_t)
+    assert e.shape == (2,) and x_hat.shape == x_t.shape
+    assert torch.allclose(e, rec + 0.5 * (x_t - x_0).abs().flatten(1).sum(1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.01])
+def test_one_step_decreases_the_energy_on_a_normal_image(ae, lam):
+    x_0 = _images(1, seed=0)  # a training-like (normal) image
+    proj = GradientProjection(ae, lam=lam, alpha=0.5)
+    x_1 = proj.step(x_0, x_0)
+    assert x_1.shape == x_0.shape and not torch.equal(x_1, x_0)
+    with torch.no_grad():
+        e0, _ = proj.energy(x_0, x_0)
+        e1, _ = proj.energy(x_1, x_0)
+    assert e1.item() < e0.item()
+
+
+def test_step_follows_the_update_rule(ae):
+    x_0 = _images(2, seed=2)
+    proj = GradientProjection(ae, lam=0.0, alpha=0.3)
+    x = x_0.clone().requires_grad_(True)
+    rec, x_hat = ae.reconstruction_loss(x)
+    (grad,) = torch.autograd.grad(rec.sum(), x)
+    expected = (x_0 - 0.3 * grad * (x_0 - x_hat.detach()) ** 2).clamp(0, 1)
+    assert torch.allclose(proj.step(x_0, x_0), expected, atol=1e-6)
+
+
+def test_inpainting_only_moves_pixels_inside_omega(ae):
+    x_0 = _images(2, seed=3)
+    omega = torch.zeros(2, 1, 32, 32)
+    omega[:, :, 10:20, 10:20] = 1
+    x_T, frames = GradientProjection(ae, lam=0.0, alpha=5.0, n_steps=5).project(x_0, omega=omega, keep=(0, 5))
+    assert set(frames) == {0, 5}
+    outside = omega == 0
+    assert torch.equal(x_T[outside], x_0[outside])
+    assert not torch.equal(x_T[~outside], x_0[~outside])
+    assert (x_T >= 0).all() and (x_T <= 1).all()
+
+
+def test_detector_interface(ae):
+    det = GradientProjectionDetector(ae, lam=0.01, alpha=1.0, n_steps=3)
+    assert det.fit(None) is det  # the autoencoder is already fitted: nothing to do
+    with torch.no_grad():  # evaluate() may call predict under no_grad: the projection must still work
+        scores, maps = det.predict(_images(3, seed=4))
+    assert scores.shape == (3,) and maps.shape == (3, 32, 32)
+    assert torch.isfinite(scores).all() and (maps >= 0).all()
