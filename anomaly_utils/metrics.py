@@ -28,25 +28,31 @@ def _check_binary(labels: np.ndarray, what: str) -> None:
                          f"got values {present.tolist()}. Evaluate on a split that holds both.")
 
 
+def _counts_by_threshold(labels, scores, what: str):
+    """Sort by score (descending) and count true positives at each distinct score.
+
+    Returns ``(thresholds, tp, predicted, n_anomalous, n_normal)``: predicting anomalous for
+    ``score >= thresholds[i]`` flags ``predicted[i]`` items, ``tp[i]`` of them anomalous.
+    """
+    y = _np(labels).ravel().astype(bool)
+    s = _np(scores).ravel().astype(np.float64)
+    _check_lengths(y, s, what)
+    _check_binary(y.astype(int), what)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each block of tied scores
+    return s[last], np.cumsum(y)[last], last + 1, int(y.sum()), int((~y).sum())
+
+
 def roc_curve(labels, scores):
     """ROC curve of binary ``labels`` against ``scores`` (higher = more anomalous).
 
     Returns ``(fpr, tpr, thresholds)``; one point per distinct score, from (0, 0) to (1, 1).
     """
-    y = _np(labels).ravel().astype(bool)
-    s = _np(scores).ravel().astype(np.float64)
-    _check_lengths(y, s, "roc_curve")
-    _check_binary(y.astype(int), "roc_curve")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    distinct = np.flatnonzero(np.diff(s)) if len(s) > 1 else np.array([], dtype=int)
-    last = np.r_[distinct, len(s) - 1]  # last index of each block of tied scores
-    tp = np.cumsum(y)[last]
-    fp = (last + 1) - tp
-    tpr = np.r_[0.0, tp / y.sum()]
-    fpr = np.r_[0.0, fp / (~y).sum()]
-    thresholds = np.r_[np.inf, s[last]]
-    return fpr, tpr, thresholds
+    thresholds, tp, predicted, n_anomalous, n_normal = _counts_by_threshold(labels, scores, "roc_curve")
+    tpr = np.r_[0.0, tp / n_anomalous]
+    fpr = np.r_[0.0, (predicted - tp) / n_normal]
+    return fpr, tpr, np.r_[np.inf, thresholds]
 
 
 def auroc(labels, scores) -> float:
@@ -122,18 +128,10 @@ def f1_optimal_threshold(labels, scores):
 
     Returns ``(threshold, f1)``; predict anomalous when ``score >= threshold``.
     """
-    y = _np(labels).ravel().astype(bool)
-    s = _np(scores).ravel().astype(np.float64)
-    _check_lengths(y, s, "f1_optimal_threshold")
-    _check_binary(y.astype(int), "f1_optimal_threshold")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(y)[last].astype(float)
-    predicted = last + 1
-    f1 = 2 * tp / (predicted + y.sum())
+    thresholds, tp, predicted, n_anomalous, _ = _counts_by_threshold(labels, scores, "f1_optimal_threshold")
+    f1 = 2 * tp / (predicted + n_anomalous)  # 2 TP / (2 TP + FP + FN)
     best = int(np.argmax(f1))
-    return float(s[last[best]]), float(f1[best])
+    return float(thresholds[best]), float(f1[best])
 
 
 def confusion_at(labels, scores, threshold: float) -> dict:
