@@ -1,0 +1,179 @@
+"""Generated from notebooks/01_deep_svdd.ipynb by `make export`: do not edit.
+
+Edit the notebook's `#@save` cells instead, then run `make export`.
+"""
+# ruff: noqa
+
+import torch  # noqa: F811
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+class LeNetEncoder(nn.Module):
+    """Deep SVDD's small LeNet-type network phi(x; W): ``[N, C, H, W] -> [N, rep_dim]``.
+
+    Each block is conv 5x5 -> BatchNorm -> leaky ReLU -> max-pool 2. With ``bias=False`` (the
+    paper's choice) no layer has a bias and BatchNorm has no affine shift, so phi cannot output a
+    constant vector without looking at the input.
+    """
+
+    def __init__(self, in_channels=1, image_size=28, channels=(8, 4), rep_dim=32, bias=False):
+        super().__init__()
+        layers, c = [], in_channels
+        for c_out in channels:
+            layers += [nn.Conv2d(c, c_out, 5, padding=2, bias=bias),
+                       nn.BatchNorm2d(c_out, eps=1e-4, affine=bias), nn.LeakyReLU(0.1), nn.MaxPool2d(2)]
+            c = c_out
+        self.features = nn.Sequential(*layers)
+        side = image_size // 2 ** len(channels)
+        self.fc = nn.Linear(c * side * side, rep_dim, bias=bias)  # the embedding phi(x) in R^rep_dim
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+@torch.no_grad()
+def init_center(net, images, eps=0.1, batch_size=256):
+    """The centre c: mean of phi(x) over the training images, coordinates with |c_k| < eps pushed to +-eps.
+
+    A coordinate of c near zero is one that a bias-free net can reach trivially with zero weights.
+    ``images [N, C, H, W] -> c [rep_dim]``.
+    """
+    net.eval()
+    c = torch.cat([net(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]).mean(0)
+    c[(c.abs() < eps) & (c < 0)] = -eps
+    c[(c.abs() < eps) & (c >= 0)] = eps
+    return c
+
+
+def one_class_loss(dist):
+    """One-class Deep SVDD: mean squared distance to the centre, (1/n) sum_i ||phi(x_i) - c||^2."""
+    return dist.mean()
+
+
+def soft_boundary_loss(dist, R, nu):
+    """Soft-boundary Deep SVDD: R^2 + 1/(nu n) sum_i max(0, ||phi(x_i) - c||^2 - R^2)."""
+    return R ** 2 + F.relu(dist - R ** 2).mean() / nu
+
+
+def radius_from_distances(dist, nu):
+    """R: the (1 - nu)-quantile of the distances ||phi(x_i) - c|| (the paper's line search for R)."""
+    return torch.quantile(dist.detach().sqrt(), 1 - nu)
+
+
+class LeNetDecoder(nn.Module):
+    """Mirror of the encoder for autoencoder pre-training: ``[N, rep_dim] -> [N, C, H, W]``."""
+
+    def __init__(self, in_channels=1, image_size=28, channels=(8, 4), rep_dim=32, bias=False):
+        super().__init__()
+        self.side = image_size // 2 ** len(channels)
+        self.c0 = channels[-1]
+        self.fc = nn.Linear(rep_dim, self.c0 * self.side * self.side, bias=bias)
+        layers, c = [], self.c0
+        for c_out in list(channels[::-1][1:]) + [in_channels]:
+            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(c, c_out, 5, padding=2, bias=bias)]
+            if c_out != in_channels:
+                layers += [nn.BatchNorm2d(c_out, eps=1e-4, affine=bias), nn.LeakyReLU(0.1)]
+            c = c_out
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        x = self.fc(z).view(len(z), self.c0, self.side, self.side)
+        return torch.sigmoid(self.net(F.leaky_relu(x, 0.1)))
+
+
+def pretrain_autoencoder(encoder, decoder, images, epochs=10, lr=1e-3, batch_size=64, weight_decay=1e-6,
+                         device="cpu", progress=True):
+    """Train encoder + decoder to reconstruct the normal images (mean squared error); returns the losses."""
+    params = list(encoder.parameters()) + list(decoder.parameters())
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    losses = []
+    for _ in tqdm(range(epochs), desc="AE pre-training", disable=not progress, leave=False):
+        encoder.train(), decoder.train()
+        total = 0.0
+        for idx in torch.randperm(len(images)).split(batch_size):
+            x = images[idx].to(device)
+            loss = F.mse_loss(decoder(encoder(x)), x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(images))
+    return losses
+
+
+class DeepSVDD:
+    """Deep SVDD (Ruff et al., 2018) behind the course's detector interface.
+
+    Args:
+        objective: ``"one-class"`` or ``"soft-boundary"``.
+        nu: the soft-boundary trade-off nu in (0, 1] (fraction of training points allowed outside).
+        channels, rep_dim: the LeNet-type encoder (rep_dim is the dimension of phi(x) and c).
+        epochs, lr, weight_decay, batch_size: the SVDD training schedule (Adam).
+        pretrain_epochs: autoencoder pre-training epochs (0 = none; the encoder starts random).
+        bias, learn_center: switch on what the paper forbids, to watch the hypersphere collapse.
+    ``predict(images [N, C, H, W]) -> (pred_score [N], None)``; the score is ||phi(x) - c||^2
+    (minus R^2 for soft-boundary).
+    """
+
+    def __init__(self, objective="one-class", nu=0.1, channels=(8, 4), rep_dim=32, epochs=20, lr=1e-3,
+                 weight_decay=1e-6, batch_size=64, pretrain_epochs=0, eps=0.1, bias=False, learn_center=False,
+                 device="cpu", seed=0, progress=True):
+        if objective not in ("one-class", "soft-boundary"):
+            raise ValueError(f"objective must be 'one-class' or 'soft-boundary', got {objective!r}.")
+        self.objective, self.nu, self.channels, self.rep_dim = objective, nu, tuple(channels), rep_dim
+        self.epochs, self.lr, self.weight_decay, self.batch_size = epochs, lr, weight_decay, batch_size
+        self.pretrain_epochs, self.eps, self.bias, self.learn_center = pretrain_epochs, eps, bias, learn_center
+        self.device, self.seed, self.progress = torch.device(device), seed, progress
+        self.history = {}
+
+    def fit(self, train_dataset):
+        torch.manual_seed(self.seed)
+        images = train_dataset.images
+        _, ch, h, _ = images.shape
+        self.net = LeNetEncoder(ch, h, self.channels, self.rep_dim, self.bias).to(self.device)
+        if self.pretrain_epochs:
+            decoder = LeNetDecoder(ch, h, self.channels, self.rep_dim, self.bias).to(self.device)
+            self.history["ae_loss"] = pretrain_autoencoder(
+                self.net, decoder, images, self.pretrain_epochs, self.lr, self.batch_size, self.weight_decay,
+                self.device, self.progress)
+        self.c = init_center(self.net, images.to(self.device), self.eps)  # c from an initial forward pass
+        self.R = torch.tensor(0.0, device=self.device)  # radius (soft-boundary only)
+        params = list(self.net.parameters())
+        if self.learn_center:  # the trap: c becomes a parameter, so c = phi(x) = 0 is reachable
+            self.c = nn.Parameter(self.c.clone())
+            params.append(self.c)
+        opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        self.history.update(loss=[], embedding_std=[])
+        for epoch in tqdm(range(self.epochs), desc="Deep SVDD", disable=not self.progress, leave=False):
+            self.net.train()
+            total = 0.0
+            for idx in torch.randperm(len(images)).split(self.batch_size):
+                dist = ((self.net(images[idx].to(self.device)) - self.c) ** 2).sum(1)  # ||phi(x) - c||^2
+                if self.objective == "one-class":
+                    loss = one_class_loss(dist)
+                else:
+                    loss = soft_boundary_loss(dist, self.R, self.nu)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            if self.objective == "soft-boundary" and epoch >= min(5, self.epochs // 2):  # warm up, then fit R
+                # on the distances that predict() will see (eval mode: BatchNorm's running statistics)
+                self.R = radius_from_distances(((self.embed(images) - self.c) ** 2).sum(1), self.nu)
+            self.history["loss"].append(total / len(images))
+            self.history["embedding_std"].append(self.embed(images[:256]).std(0).mean().item())
+        return self
+
+    @torch.no_grad()
+    def embed(self, images):
+        """phi(x): ``[N, C, H, W] -> [N, rep_dim]`` (eval mode: BatchNorm uses its running statistics)."""
+        self.net.eval()
+        return torch.cat([self.net(images[i:i + 256].to(self.device)) for i in range(0, len(images), 256)])
+
+    @torch.no_grad()
+    def predict(self, images):
+        dist = ((self.embed(images) - self.c) ** 2).sum(1)
+        score = dist - self.R ** 2 if self.objective == "soft-boundary" else dist
+        return score.cpu(), None

@@ -1,0 +1,137 @@
+"""Unit tests of lesson 02's exported code (anomaly_utils.lessons.fcdd)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from anomaly_utils.data import AnomalyDataset
+from anomaly_utils.lessons.fcdd import (
+    FCDD,
+    FCDDNet,
+    bilinear_upsample,
+    empirical_receptive_field,
+    fcdd_loss,
+    fcdd_pixel_loss,
+    gaussian_kernel,
+    gaussian_upsample,
+    mask_to_grid,
+    natural_image_crops,
+    pseudo_huber,
+    receptive_field,
+)
+
+
+def test_receptive_field_recurrence():
+    assert receptive_field([]) == (1, 1)
+    assert receptive_field([(3, 1), (3, 1)]) == (5, 1)
+    assert receptive_field([(3, 2), (3, 2)]) == (7, 4)
+    assert receptive_field([(2, 2), (2, 2), (2, 2)]) == (8, 8)  # three 2x2 poolings: disjoint 8x8 cells
+
+
+def test_empirical_receptive_field_matches_formula():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.Conv2d(4, 1, 3, padding=1))
+    assert empirical_receptive_field(net, image_size=32) == receptive_field([(3, 1), (3, 2), (3, 1)])[0] == 9
+
+
+def test_fcdd_net_receptive_field_and_shape():
+    net = FCDDNet(base_block=2, pretrained=False)
+    assert net.stride == 4
+    assert net(torch.rand(2, 1, 64, 64)).shape == (2, 1, 16, 16)
+    assert empirical_receptive_field(net, image_size=64) == net.rf
+
+
+def test_pseudo_huber():
+    phi = torch.tensor([0.0, 0.1, -0.1, 100.0])
+    A = pseudo_huber(phi)
+    assert A[0] == 0 and A[1] == A[2] and (A >= 0).all()
+    assert A[1].item() == pytest.approx(0.1 ** 2 / 2, rel=1e-2)  # quadratic near 0
+    assert A[3].item() == pytest.approx(99.0, rel=1e-3)  # linear far away
+
+
+def test_fcdd_loss_matches_the_paper():
+    A = torch.stack([torch.full((1, 2, 2), 0.3), torch.tensor([[[0.0, 2.0], [0.0, 2.0]]])])  # means 0.3, 1.0
+    assert fcdd_loss(A, torch.tensor([0, 0])).item() == pytest.approx((0.3 + 1.0) / 2)
+    expected = (0.3 - math.log(1 - math.exp(-1.0))) / 2
+    assert fcdd_loss(A, torch.tensor([0, 1])).item() == pytest.approx(expected, rel=1e-5)
+    # anomalous: the loss falls as the map's mean grows
+    low, high = torch.full((1, 1, 2, 2), 0.1), torch.full((1, 1, 2, 2), 3.0)
+    assert fcdd_loss(high, torch.tensor([1])) < fcdd_loss(low, torch.tensor([1]))
+
+
+def test_fcdd_loss_is_finite_at_zero():
+    A = torch.zeros(2, 1, 3, 3, requires_grad=True)
+    loss = fcdd_loss(A, torch.tensor([1, 0]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(A.grad).all()
+
+
+def test_pixel_loss_reduces_to_image_loss_for_empty_masks():
+    A = torch.rand(3, 1, 4, 4)
+    assert fcdd_pixel_loss(A, torch.zeros_like(A)).item() == pytest.approx(fcdd_loss(A, torch.zeros(3)).item())
+    full = fcdd_pixel_loss(A, torch.ones_like(A)).item()
+    assert full == pytest.approx((-torch.log(1 - torch.exp(-A))).mean().item(), rel=1e-4)
+
+
+def test_mask_to_grid_gives_fractions():
+    masks = torch.zeros(1, 8, 8)
+    masks[0, :4, :2] = 1  # half of the top-left 4x4 cell
+    Y = mask_to_grid(masks, (2, 2))
+    assert Y.shape == (1, 1, 2, 2)
+    assert torch.allclose(Y[0, 0], torch.tensor([[0.5, 0.0], [0.0, 0.0]]))
+
+
+def test_gaussian_kernel():
+    k = gaussian_kernel(7, 1.5)
+    assert k.shape == (7, 7) and k.sum().item() == pytest.approx(1.0)
+    assert torch.allclose(k, k.T) and torch.allclose(k, k.flip(0))
+    assert k.argmax().item() == 3 * 7 + 3
+
+
+@pytest.mark.parametrize("rf,stride", [(35, 4), (19, 4), (9, 2), (8, 8)])
+def test_gaussian_upsample_centres_each_cell_on_its_receptive_field(rf, stride):
+    size = 64
+    u = size // stride
+    A = torch.zeros(1, 1, u, u)
+    i, j = u // 2, u // 4
+    A[0, 0, i, j] = 1.0
+    up = gaussian_upsample(A, size, rf, stride, sigma=rf / 4)
+    assert up.shape == (1, 1, size, size)
+    peak = (up[0, 0] == up[0, 0].max()).nonzero().float().mean(0)
+    centre = torch.tensor([i * stride + (stride - 1) / 2, j * stride + (stride - 1) / 2])
+    assert torch.allclose(peak, centre, atol=0.51)
+    # linear in A: upsampling a sum is the sum of the upsamplings
+    B = torch.rand(1, 1, u, u)
+    assert torch.allclose(gaussian_upsample(A + B, size, rf, stride, 3.0),
+                          gaussian_upsample(A, size, rf, stride, 3.0) + gaussian_upsample(B, size, rf, stride, 3.0),
+                          atol=1e-5)
+
+
+def test_bilinear_upsample_shape():
+    assert bilinear_upsample(torch.rand(2, 1, 16, 16), 64).shape == (2, 1, 64, 64)
+
+
+def test_natural_image_crops():
+    x = natural_image_crops(5, size=32)
+    assert x.shape == (5, 1, 32, 32) and x.min() >= 0 and x.max() <= 1
+
+
+def test_fit_predict_through_detector_interface():
+    g = torch.Generator().manual_seed(0)
+    images = 0.4 + 0.05 * torch.rand(12, 1, 32, 32, generator=g)
+    train = AnomalyDataset(images, torch.zeros(12))
+    masks = torch.zeros(2, 32, 32)
+    masks[:, 8:16, 8:16] = 1
+    labelled = images[:2].clone()
+    labelled[:, :, 8:16, 8:16] = 1.0
+    for kw in [dict(), dict(labelled_images=labelled, labelled_masks=masks),
+               dict(anomalies=None, outlier_images=natural_image_crops(6, size=32))]:
+        det = FCDD(epochs=2, batch_size=6, progress=False, **kw).fit(train)
+        scores, maps = det.predict(images[:3])
+        assert scores.shape == (3,) and maps.shape == (3, 32, 32)
+        assert torch.isfinite(scores).all() and (maps >= 0).all()
+        det.upsample = "bilinear"
+        assert det.predict(images[:3])[1].shape == (3, 32, 32)
