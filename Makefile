@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 lab: setup            ## open JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks/
 
-test: setup           ## unit tests, then every notebook through nbval in the smoke profile
+test: setup           ## lint, unit tests, then every notebook through nbval in the smoke profile
+	$(VENV)/bin/ruff check anomaly_utils tests notebooks
 	$(PY) -m pytest -q tests
 	AD_PROFILE=smoke $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
 

@@ -49,6 +49,7 @@ def run_notebook(path: Path, profile: str, timeout: int = 3600) -> float:
     nb = nbformat.read(path, as_version=4)
     env_profile = os.environ.get("AD_PROFILE")
     os.environ["AD_PROFILE"] = profile
+    os.environ["AD_STATIC_WIDGETS"] = "1"  # committed outputs show static figures (GitHub renders no widgets)
     start = time.perf_counter()
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
