@@ -24,6 +24,7 @@ import time
 import torch
 
 from .profiles import REPO_ROOT, get_device, get_profile, seed_everything
+from .results import README, replace_between
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -49,8 +50,9 @@ def _bench_one(name: str, dataset: str, repeats: int, queue) -> None:
         spec = METHODS[name]
         train, test = bench_data(dataset)
         images = test.images
-        fit_s = _median_seconds(lambda: spec.make(dataset).fit(train), repeats)
-        detector = spec.make(dataset).fit(train)
+        fitted = []
+        fit_s = _median_seconds(lambda: fitted.append(spec.make(dataset).fit(train)), repeats)
+        detector = fitted[-1]
         with torch.no_grad():
             detector.predict(images[:8])  # warm-up
             infer_s = _median_seconds(lambda: [detector.predict(images[i:i + 32]) for i in range(0, len(images), 32)],
@@ -64,15 +66,31 @@ def _bench_one(name: str, dataset: str, repeats: int, queue) -> None:
             from .backbones import FeatureExtractor
 
             backbone = FeatureExtractor(spec.backbone_blocks).to(get_device())
+            # the backbone on the images the method's backbone sees (Resized methods upsample them first)
+            seen = detector._resize(images) if hasattr(detector, "_resize") else images
             with torch.no_grad():
-                backbone(images[:8].to(get_device()))
+                backbone(seen[:8].to(get_device()))
                 backbone_s = _median_seconds(
-                    lambda: [backbone(images[i:i + 32].to(get_device())) for i in range(0, len(images), 32)], repeats)
+                    lambda: [backbone(seen[i:i + 32].to(get_device())) for i in range(0, len(seen), 32)], repeats)
             row["backbone_images_per_second"] = round(len(images) / backbone_s, 2)
             row["inference_over_backbone"] = round(infer_s / backbone_s, 2)
         queue.put(row)
     except Exception as err:  # report, do not hide: the row carries the error
         queue.put({"method": name, "dataset": dataset, "error": f"{type(err).__name__}: {err}"})
+
+
+def bench_table(payload: dict) -> str:
+    """results/bench.json as the README's markdown table."""
+    lines = [f"Profile `{payload['profile']}`, {payload['device']}, median of {payload['repeats']} runs.", "",
+             "| method | data | fit s | images / s | peak RSS MB | inference / backbone |", "|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['dataset']} | error: {r['error']} | | | |")
+            continue
+        ratio = r.get("inference_over_backbone")
+        lines.append(f"| {r['method']} | {r['dataset']} | {r['fit_seconds']:.2f} | {r['images_per_second']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | {'–' if ratio is None else f'{ratio:.2f}'} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -96,6 +114,10 @@ def main(argv=None) -> int:
     payload = {"profile": get_profile(), "repeats": args.repeats, "statistic": "median",
                "device": torch.cuda.get_device_name(0) if device.type == "cuda" else
                f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "rows": []}
+    if args.methods and out.exists():  # re-benchmark some methods: keep the other rows of the last run
+        previous = json.loads(out.read_text())
+        if previous.get("profile") == payload["profile"]:
+            payload["rows"] = [r for r in previous["rows"] if r["method"] not in names]
     rows = payload["rows"]
     for name in names:
         for dataset in BENCH_DATASETS:
@@ -110,6 +132,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             out.write_text(json.dumps(payload, indent=1) + "\n")  # after every row: a long run keeps its rows
     print(f"wrote {out.relative_to(REPO_ROOT)}")
+    replace_between(README, "<!-- bench:begin -->", "<!-- bench:end -->", bench_table(payload))
     return 0 if all("error" not in r for r in rows) else 1
 
 

@@ -128,14 +128,18 @@ def summary_table(results_dir: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+def replace_between(path: Path, begin: str, end: str, text: str) -> bool:
+    """Replace what stands between the markers ``begin`` and ``end`` in ``path``; True if it changed."""
+    old = path.read_text()
+    if begin not in old or end not in old:
+        raise ValueError(f"{path} has no '{begin}' ... '{end}' markers for the generated table.")
+    head, rest = old.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{text}\n{end}{tail}"
+    path.write_text(new)
+    return new != old
+
+
 def update_readme(readme: Path | None = None, results_dir: Path | None = None) -> bool:
     """Replace the README's results table (between the two markers) with ``summary_table``."""
-    path = Path(readme) if readme else README
-    text = path.read_text()
-    if TABLE_BEGIN not in text or TABLE_END not in text:
-        raise ValueError(f"{path} has no '{TABLE_BEGIN}' ... '{TABLE_END}' markers for the results table.")
-    head, rest = text.split(TABLE_BEGIN, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    new = f"{head}{TABLE_BEGIN}\n{summary_table(results_dir)}\n{TABLE_END}{tail}"
-    path.write_text(new)
-    return new != text
+    return replace_between(Path(readme) if readme else README, TABLE_BEGIN, TABLE_END, summary_table(results_dir))
