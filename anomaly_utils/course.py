@@ -81,12 +81,12 @@ def main(argv=None) -> int:
         seconds = run_notebook(Path(path), profile)
         total += seconds
         print(f"  {path.name}: {seconds / 60:.1f} min", flush=True)
-        if profile != "smoke":
+        if profile != "smoke":  # written after each notebook, so an interrupted run keeps what it measured
             runtimes.setdefault(path.stem, {})[profile] = round(seconds, 1)
+            runtimes_path.parent.mkdir(exist_ok=True)
+            runtimes_path.write_text(json.dumps(runtimes, indent=1, sort_keys=True) + "\n")
     print(f"total: {total / 60:.1f} min")
     if profile != "smoke":
-        runtimes_path.parent.mkdir(exist_ok=True)
-        runtimes_path.write_text(json.dumps(runtimes, indent=1, sort_keys=True) + "\n")
         if not args.no_readme:
             from .results import update_readme
             update_readme()

@@ -17,6 +17,7 @@ from .profiles import REPO_ROOT, get_device, get_profile
 RESULTS_DIR = REPO_ROOT / "results"
 README = REPO_ROOT / "README.md"
 TABLE_BEGIN, TABLE_END = "<!-- results:begin -->", "<!-- results:end -->"
+SYLLABUS_BEGIN, SYLLABUS_END = "<!-- syllabus:begin -->", "<!-- syllabus:end -->"
 
 
 def result_row(method: str, dataset: str, image_auroc=None, pixel_auroc=None, aupro=None,
@@ -140,6 +141,34 @@ def replace_between(path: Path, begin: str, end: str, text: str) -> bool:
     return new != old
 
 
+def syllabus_with_minutes(table: str, runtimes: dict) -> str:
+    """Fill the last two cells (cpu min, gpu min) of each ``| NN | ...`` row from ``runtimes``.
+
+    ``runtimes`` is ``results/runtimes.json``: ``{"02_fcdd": {"cpu": 1146.0}, ...}`` in seconds, as
+    ``make course`` measures them. A profile that was never timed shows "–".
+    """
+    lines = []
+    for line in table.splitlines():
+        cells = line.split("|")  # "| 02 | ... | 19 | – |" -> ["", " 02 ", ..., " 19 ", " – ", ""]
+        number = cells[1].strip() if len(cells) > 3 else ""
+        if number.isdigit():
+            times = next((t for name, t in runtimes.items() if name.startswith(number + "_")), {})
+            for i, profile in ((-3, "cpu"), (-2, "gpu")):
+                seconds = times.get(profile)
+                cells[i] = f" {seconds / 60:.1f} " if seconds is not None else " – "
+            line = "|".join(cells)
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def update_readme(readme: Path | None = None, results_dir: Path | None = None) -> bool:
-    """Replace the README's results table (between the two markers) with ``summary_table``."""
-    return replace_between(Path(readme) if readme else README, TABLE_BEGIN, TABLE_END, summary_table(results_dir))
+    """Regenerate the README's results table and, if it has them, the syllabus's minutes columns."""
+    readme = Path(readme) if readme else README
+    changed = replace_between(readme, TABLE_BEGIN, TABLE_END, summary_table(results_dir))
+    runtimes_path = (Path(results_dir) if results_dir else RESULTS_DIR) / "runtimes.json"
+    text = readme.read_text()
+    if SYLLABUS_BEGIN in text and runtimes_path.exists():
+        table = text.split(SYLLABUS_BEGIN, 1)[1].split(SYLLABUS_END, 1)[0].strip("\n")
+        runtimes = json.loads(runtimes_path.read_text())
+        changed |= replace_between(readme, SYLLABUS_BEGIN, SYLLABUS_END, syllabus_with_minutes(table, runtimes))
+    return changed

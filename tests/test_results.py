@@ -5,11 +5,14 @@ import json
 import pytest
 
 from anomaly_utils.results import (
+    SYLLABUS_BEGIN,
+    SYLLABUS_END,
     TABLE_BEGIN,
     TABLE_END,
     result_row,
     results_table,
     save_result,
+    syllabus_with_minutes,
     update_readme,
 )
 
@@ -78,3 +81,26 @@ def test_update_readme(two_lessons, tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="markers"):
         update_readme(readme, two_lessons)
+
+
+SYLLABUS = """| # | lesson | cpu min | gpu min |
+|---|---|---|---|
+| 00 | [primer](notebooks/00_primer.ipynb) | 9 | – |
+| 02 | [fcdd](notebooks/02_fcdd.ipynb) | 9 | 9 |"""
+
+
+def test_syllabus_minutes_come_from_runtimes():
+    table = syllabus_with_minutes(SYLLABUS, {"00_primer": {"cpu": 174.0}, "02_fcdd": {"cpu": 1146.0}})
+    lines = table.splitlines()
+    assert lines[:2] == SYLLABUS.splitlines()[:2]  # header and rule untouched
+    assert lines[2] == "| 00 | [primer](notebooks/00_primer.ipynb) | 2.9 | – |"
+    assert lines[3] == "| 02 | [fcdd](notebooks/02_fcdd.ipynb) | 19.1 | – |"  # never timed on a gpu: "–"
+
+
+def test_update_readme_fills_the_syllabus(two_lessons, tmp_path):
+    (two_lessons / "runtimes.json").write_text(json.dumps({"02_fcdd": {"cpu": 600.0, "gpu": 90.0}}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{SYLLABUS_BEGIN}\n{SYLLABUS}\n{SYLLABUS_END}\n\n{TABLE_BEGIN}\n{TABLE_END}\n")
+    assert update_readme(readme, two_lessons) is True
+    assert "| 02 | [fcdd](notebooks/02_fcdd.ipynb) | 10.0 | 1.5 |" in readme.read_text()
+    assert "| 00 | [primer](notebooks/00_primer.ipynb) | – | – |" in readme.read_text()
