@@ -4,8 +4,8 @@
     python -m anomaly_utils.course notebooks/02_fcdd.ipynb --profile cpu
 
 Outputs are kept (learners see real results on GitHub); execution counts are renumbered 1, 2, ...
-and timing metadata is stripped, so that diffs stay small. Each notebook's wall time is printed and written to
-``results/runtimes.json``.
+and timing metadata is stripped, so that diffs stay small. Each notebook's wall time is printed, written to
+``results/runtimes.json`` and into the notebook's own **Runtime** line (e.g. "`cpu` 2.5 min").
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -41,8 +42,26 @@ def clean_notebook(nb) -> None:
                 out["execution_count"] = count
 
 
+def update_runtime_line(nb, profile: str, seconds: float) -> bool:
+    """Write the measured minutes into the markdown line that starts with **Runtime**, in place.
+
+    "`cpu` 3.1 min" becomes "`cpu` 2.5 min" and "`gpu` not timed yet" becomes "`gpu` 4.0 min"; a remark
+    in parentheses between the profile and its time ("`gpu` (128 × 128) not timed yet") is kept.
+    Returns False if the notebook has no such line for ``profile``.
+    """
+    pattern = re.compile(rf"(`{profile}`\s+(?:\([^)]*\)\s+)?)(?:\d+(?:\.\d+)? min|not\s+timed\s+yet)")
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and "**Runtime**" in cell.source:
+            cell.source, found = pattern.subn(lambda m: f"{m.group(1)}{seconds / 60:.1f} min", cell.source, count=1)
+            return found == 1
+    return False
+
+
 def run_notebook(path: Path, profile: str, timeout: int = 3600) -> float:
-    """Execute ``path`` in place in ``profile``; returns the wall seconds."""
+    """Execute ``path`` in place in ``profile``; returns the wall seconds.
+
+    Outside the ``smoke`` profile the notebook's **Runtime** line gets the measured minutes.
+    """
     import nbformat
     from nbclient import NotebookClient
 
@@ -61,6 +80,8 @@ def run_notebook(path: Path, profile: str, timeout: int = 3600) -> float:
             os.environ["AD_PROFILE"] = env_profile
     seconds = time.perf_counter() - start
     clean_notebook(nb)
+    if profile != "smoke" and not update_runtime_line(nb, profile, seconds):
+        print(f"  note: {path.name} has no **Runtime** line with `{profile}` <minutes> to update", flush=True)
     nbformat.write(nb, path)
     return seconds
 

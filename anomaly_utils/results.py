@@ -145,16 +145,21 @@ def syllabus_with_minutes(table: str, runtimes: dict) -> str:
     """Fill the last two cells (cpu min, gpu min) of each ``| NN | ...`` row from ``runtimes``.
 
     ``runtimes`` is ``results/runtimes.json``: ``{"02_fcdd": {"cpu": 1146.0}, ...}`` in seconds, as
-    ``make course`` measures them. A profile that was never timed shows "–".
+    ``make course`` measures them. A profile that was never timed shows "–". A row whose first cell is
+    ``all`` gets the sum over the lessons above it, or "–" unless every one of them was timed.
     """
-    lines = []
+    lines, timed = [], {"cpu": [], "gpu": []}
     for line in table.splitlines():
         cells = line.split("|")  # "| 02 | ... | 19 | – |" -> ["", " 02 ", ..., " 19 ", " – ", ""]
         number = cells[1].strip() if len(cells) > 3 else ""
-        if number.isdigit():
+        if number.isdigit() or number == "all":
             times = next((t for name, t in runtimes.items() if name.startswith(number + "_")), {})
             for i, profile in ((-3, "cpu"), (-2, "gpu")):
-                seconds = times.get(profile)
+                if number == "all":
+                    seconds = None if None in timed[profile] else sum(timed[profile])
+                else:
+                    seconds = times.get(profile)
+                    timed[profile].append(seconds)
                 cells[i] = f" {seconds / 60:.1f} " if seconds is not None else " – "
             line = "|".join(cells)
         lines.append(line)

@@ -86,7 +86,8 @@ def test_update_readme(two_lessons, tmp_path):
 SYLLABUS = """| # | lesson | cpu min | gpu min |
 |---|---|---|---|
 | 00 | [primer](notebooks/00_primer.ipynb) | 9 | – |
-| 02 | [fcdd](notebooks/02_fcdd.ipynb) | 9 | 9 |"""
+| 02 | [fcdd](notebooks/02_fcdd.ipynb) | 9 | 9 |
+| all | **whole course** | 9 | 9 |"""
 
 
 def test_syllabus_minutes_come_from_runtimes():
@@ -95,6 +96,7 @@ def test_syllabus_minutes_come_from_runtimes():
     assert lines[:2] == SYLLABUS.splitlines()[:2]  # header and rule untouched
     assert lines[2] == "| 00 | [primer](notebooks/00_primer.ipynb) | 2.9 | – |"
     assert lines[3] == "| 02 | [fcdd](notebooks/02_fcdd.ipynb) | 19.1 | – |"  # never timed on a gpu: "–"
+    assert lines[4] == "| all | **whole course** | 22.0 | – |"  # the sum, where every lesson was timed
 
 
 def test_update_readme_fills_the_syllabus(two_lessons, tmp_path):
@@ -104,3 +106,32 @@ def test_update_readme_fills_the_syllabus(two_lessons, tmp_path):
     assert update_readme(readme, two_lessons) is True
     assert "| 02 | [fcdd](notebooks/02_fcdd.ipynb) | 10.0 | 1.5 |" in readme.read_text()
     assert "| 00 | [primer](notebooks/00_primer.ipynb) | – | – |" in readme.read_text()
+    assert "| all | **whole course** | – | – |" in readme.read_text()  # the primer was never timed
+
+
+# ----------------------------------------------------------------------------- the course runner's Runtime line
+
+def runtime_notebook(text):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 05 · Demo\n\nintro"), nbformat.v4.new_markdown_cell(text),
+                nbformat.v4.new_code_cell("x = 1")]
+    return nb
+
+
+def test_runtime_line_gets_the_measured_minutes():
+    from anomaly_utils.course import update_runtime_line
+    nb = runtime_notebook("**Runtime** (measured): `smoke` < 1 min · `cpu`\n3.4 min (three models) · "
+                          "`gpu` (128 × 128) not\ntimed yet.")
+    assert update_runtime_line(nb, "cpu", 150.0)
+    assert update_runtime_line(nb, "gpu", 30.0)
+    assert nb.cells[1].source == ("**Runtime** (measured): `smoke` < 1 min · `cpu`\n2.5 min (three models) · "
+                                  "`gpu` (128 × 128) 0.5 min.")
+    assert nb.cells[0].source == "# 05 · Demo\n\nintro"  # other cells untouched
+
+
+def test_runtime_line_missing_is_reported():
+    from anomaly_utils.course import update_runtime_line
+    nb = runtime_notebook("**Runtime**: a few minutes.")
+    assert not update_runtime_line(nb, "cpu", 60.0)
+    assert nb.cells[1].source == "**Runtime**: a few minutes."
