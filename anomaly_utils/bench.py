@@ -17,6 +17,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -79,6 +80,24 @@ def _bench_one(name: str, dataset: str, repeats: int, queue) -> None:
         queue.put({"method": name, "dataset": dataset, "error": f"{type(err).__name__}: {err}"})
 
 
+def _bench_in_fresh_process(ctx, name: str, dataset: str, repeats: int) -> dict:
+    """``_bench_one`` in a new process; a row with an error if that process dies without answering."""
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_bench_one, args=(name, dataset, repeats, queue))
+    proc.start()
+    while True:
+        try:
+            row = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():  # killed (out of memory, say) before it could put its row
+                row = {"method": name, "dataset": dataset,
+                       "error": f"the benchmark process died with exit code {proc.exitcode} (out of memory?)"}
+                break
+    proc.join()
+    return row
+
+
 def bench_table(payload: dict) -> str:
     """results/bench.json as the README's markdown table."""
     lines = [f"Profile `{payload['profile']}`, {payload['device']}, median of {payload['repeats']} runs.", "",
@@ -123,11 +142,7 @@ def main(argv=None) -> int:
         for dataset in BENCH_DATASETS:
             if dataset.split("/")[0] not in METHODS[name].data:
                 continue
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_bench_one, args=(name, dataset, args.repeats, queue))
-            proc.start()
-            row = queue.get()
-            proc.join()
+            row = _bench_in_fresh_process(ctx, name, dataset, args.repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
             out.write_text(json.dumps(payload, indent=1) + "\n")  # after every row: a long run keeps its rows

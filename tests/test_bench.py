@@ -1,0 +1,33 @@
+"""make bench: each method runs in a child process; its row comes back, or an error row if the child dies."""
+
+import multiprocessing as mp
+import os
+
+from anomaly_utils import bench
+
+
+def test_child_row_comes_back(monkeypatch):
+    def fake_bench_one(name, dataset, repeats, queue):
+        queue.put({"method": name, "dataset": dataset, "fit_seconds": float(repeats)})
+
+    monkeypatch.setattr(bench, "_bench_one", fake_bench_one)
+    row = bench._bench_in_fresh_process(mp.get_context("fork"), "PaDiM", "textures/brick", 3)
+    assert row == {"method": "PaDiM", "dataset": "textures/brick", "fit_seconds": 3.0}
+
+
+def test_dead_child_gives_an_error_row_instead_of_hanging(monkeypatch):
+    monkeypatch.setattr(bench, "_bench_one", lambda *args: os._exit(9))  # as if killed for memory
+    row = bench._bench_in_fresh_process(mp.get_context("fork"), "kNN", "mnist/0", 1)
+    assert row["method"] == "kNN" and row["dataset"] == "mnist/0"
+    assert "exit code 9" in row["error"]
+
+
+def test_bench_table_shows_errors_and_ratios():
+    payload = {"profile": "cpu", "device": "cpu (2 threads)", "repeats": 3, "rows": [
+        {"method": "PaDiM", "dataset": "textures/brick", "fit_seconds": 3.39, "images_per_second": 89.4,
+         "peak_rss_mb": 1010.2, "inference_over_backbone": 1.1},
+        {"method": "kNN", "dataset": "mnist/0", "error": "the benchmark process died with exit code 9"}]}
+    lines = bench.bench_table(payload).splitlines()
+    assert lines[0] == "Profile `cpu`, cpu (2 threads), median of 3 runs."
+    assert lines[4] == "| PaDiM | textures/brick | 3.39 | 89 | 1010 | 1.10 |"
+    assert lines[5].startswith("| kNN | mnist/0 | error: the benchmark process died")
