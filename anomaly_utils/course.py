@@ -86,6 +86,22 @@ def run_notebook(path: Path, profile: str, timeout: int = 3600) -> float:
     return seconds
 
 
+def machine_description(profile: str) -> str:
+    """What the runtimes were measured on, e.g. "AMD EPYC, 2 cores, torch 2.14.1"."""
+    import platform
+
+    import torch
+
+    if profile == "gpu" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")] if cpuinfo.exists() else []
+        name = models[0] if models else (platform.processor() or platform.machine())
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path)
@@ -104,6 +120,7 @@ def main(argv=None) -> int:
         print(f"  {path.name}: {seconds / 60:.1f} min", flush=True)
         if profile != "smoke":  # written after each notebook, so an interrupted run keeps what it measured
             runtimes.setdefault(path.stem, {})[profile] = round(seconds, 1)
+            runtimes.setdefault("_machine", {})[profile] = machine_description(profile)
             runtimes_path.parent.mkdir(exist_ok=True)
             runtimes_path.write_text(json.dumps(runtimes, indent=1, sort_keys=True) + "\n")
     print(f"total: {total / 60:.1f} min")
