@@ -54,10 +54,13 @@ def _bench_one(name: str, dataset: str, repeats: int, queue) -> None:
         fitted = []
         fit_s = _median_seconds(lambda: fitted.append(spec.make(dataset).fit(train)), repeats)
         detector = fitted[-1]
+
+        def predict_all():
+            return [detector.predict(images[i:i + 32]) for i in range(0, len(images), 32)]
+
         with torch.no_grad():
             detector.predict(images[:8])  # warm-up
-            infer_s = _median_seconds(lambda: [detector.predict(images[i:i + 32]) for i in range(0, len(images), 32)],
-                                      repeats)
+            infer_s = _median_seconds(predict_all, repeats)
         row = {"method": name, "dataset": dataset, "fit_seconds": round(fit_s, 3),
                "images_per_second": round(len(images) / infer_s, 2),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -66,15 +69,24 @@ def _bench_one(name: str, dataset: str, repeats: int, queue) -> None:
         if spec.uses_backbone:
             from .backbones import FeatureExtractor
 
-            backbone = FeatureExtractor(spec.backbone_blocks).to(get_device())
+            device = get_device()
+            backbone = FeatureExtractor(spec.backbone_blocks).to(device)
             # the backbone on the images the method's backbone sees (Resized methods upsample them first)
             seen = detector._resize(images) if hasattr(detector, "_resize") else images
+
+            def backbone_all():
+                return [backbone(seen[i:i + 32].to(device)) for i in range(0, len(seen), 32)]
+
+            # backbone and method timed in turn, so that a slow spell of the machine hits both of a pair;
+            # the ratio is the median of the pairs' ratios
+            pairs = []
             with torch.no_grad():
-                backbone(seen[:8].to(get_device()))
-                backbone_s = _median_seconds(
-                    lambda: [backbone(seen[i:i + 32].to(get_device())) for i in range(0, len(seen), 32)], repeats)
+                backbone(seen[:8].to(device))  # warm-up
+                for _ in range(repeats):
+                    pairs.append((_median_seconds(backbone_all, 1), _median_seconds(predict_all, 1)))
+            backbone_s = statistics.median(b for b, _ in pairs)
             row["backbone_images_per_second"] = round(len(images) / backbone_s, 2)
-            row["inference_over_backbone"] = round(infer_s / backbone_s, 2)
+            row["inference_over_backbone"] = round(statistics.median(m / b for b, m in pairs), 2)
         queue.put(row)
     except Exception as err:  # report, do not hide: the row carries the error
         queue.put({"method": name, "dataset": dataset, "error": f"{type(err).__name__}: {err}"})
