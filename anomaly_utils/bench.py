@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from .profiles import REPO_ROOT, get_device, get_profile, seed_everything
+from .profiles import REPO_ROOT, get_device, get_profile, machine_description, seed_everything
 from .results import README, replace_between
 
 
@@ -143,8 +143,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(exist_ok=True)
     device = get_device()
     payload = {"profile": get_profile(), "repeats": args.repeats, "statistic": "median",
-               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else
-               f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "rows": []}
+               "device": machine_description() + ("" if device.type == "cuda" else f", {torch.get_num_threads()} threads"), "torch": torch.__version__, "rows": []}
     if args.methods and out.exists():  # re-benchmark some methods: keep the other rows of the last run
         previous = json.loads(out.read_text())
         if previous.get("profile") == payload["profile"]:

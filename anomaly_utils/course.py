@@ -17,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-from .profiles import REPO_ROOT, get_profile
+from .profiles import REPO_ROOT, get_profile, machine_description
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -84,22 +84,6 @@ def run_notebook(path: Path, profile: str, timeout: int = 3600) -> float:
         print(f"  note: {path.name} has no **Runtime** line with `{profile}` <minutes> to update", flush=True)
     nbformat.write(nb, path)
     return seconds
-
-
-def machine_description(profile: str) -> str:
-    """What the runtimes were measured on, e.g. "AMD EPYC, 2 cores, torch 2.14.1"."""
-    import platform
-
-    import torch
-
-    if profile == "gpu" and torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-    else:
-        cpuinfo = Path("/proc/cpuinfo")
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                  if line.startswith("model name")] if cpuinfo.exists() else []
-        name = models[0] if models else (platform.processor() or platform.machine())
-    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def main(argv=None) -> int:

@@ -60,6 +60,18 @@ def get_device() -> torch.device:
     return torch.device("cpu")
 
 
+def machine_description(profile: str | None = None) -> str:
+    """What timings are measured on, e.g. "AMD EPYC, 2 cores, torch 2.14.1" (the GPU's name in ``gpu``)."""
+    if (profile or get_profile()) == "gpu" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")] if cpuinfo.exists() else []
+        name = models[0] if models else (platform.processor() or platform.machine())
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)

@@ -1,5 +1,7 @@
 """profiles: the active profile, pick(), seeding and the checkpoint cache."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,9 @@ def test_ad_no_cache_retrains(cache, monkeypatch):
     _, _, from_cache = load_or_train(torch.nn.Linear(2, 2), "demo", {}, train_fn)
     assert not from_cache and len(calls) == 2
     assert sorted(p.suffix for p in cache.iterdir()) == [".pt"]  # no temporary file left behind
+
+
+def test_machine_description_names_cores_and_torch():
+    from anomaly_utils.profiles import machine_description
+    text = machine_description("cpu")
+    assert f"{os.cpu_count()} cores" in text and f"torch {torch.__version__}" in text
