@@ -141,9 +141,9 @@ def main(argv=None) -> int:
     ctx = mp.get_context("spawn")
     out = REPO_ROOT / "results" / "bench.json"
     out.parent.mkdir(exist_ok=True)
-    device = get_device()
+    threads = "" if get_device().type == "cuda" else f", {torch.get_num_threads()} threads"
     payload = {"profile": get_profile(), "repeats": args.repeats, "statistic": "median",
-               "device": machine_description() + ("" if device.type == "cuda" else f", {torch.get_num_threads()} threads"), "torch": torch.__version__, "rows": []}
+               "device": machine_description() + threads, "torch": torch.__version__, "rows": []}
     if args.methods and out.exists():  # re-benchmark some methods: keep the other rows of the last run
         previous = json.loads(out.read_text())
         if previous.get("profile") == payload["profile"]:
