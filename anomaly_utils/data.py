@@ -324,12 +324,24 @@ def load_piped(category: str = "PA_BRG01_RL", size: int = 128, split: str = "tes
 
 TEXTURE_CATEGORIES = ("brick", "grass", "gravel")
 
-# Disjoint regions of the 512 x 512 photo (rows, cols), 16-pixel gaps between them.
-_REGIONS = {
-    "train": (slice(0, 512), slice(0, 248)),
-    "val": (slice(0, 184), slice(264, 512)),
-    "test": (slice(200, 512), slice(264, 512)),
+# The 512 x 512 photo is cut into a 3 x 3 grid of 160-pixel tiles with 16-pixel gaps between them.
+# The splits interleave like a checkerboard, so each covers the whole photo and normal test crops
+# look like training crops, yet no pixel is in two splits:
+#     train  val    train
+#     test   train  test
+#     train  val    train
+TILE, GAP = 160, 16
+TEXTURE_TILES = {
+    "train": [(0, 0), (0, 2), (1, 1), (2, 0), (2, 2)],
+    "val": [(0, 1), (2, 1)],
+    "test": [(1, 0), (1, 2)],
 }
+
+
+def tile_region(photo: np.ndarray, row: int, col: int) -> np.ndarray:
+    """The tile at grid position (``row``, ``col``) of a 512 x 512 photo: ``[160, 160]``."""
+    y, x = row * (TILE + GAP), col * (TILE + GAP)
+    return photo[y:y + TILE, x:x + TILE]
 
 
 def texture_photo(category: str) -> np.ndarray:
@@ -341,17 +353,21 @@ def texture_photo(category: str) -> np.ndarray:
     return getattr(skimage.data, category)().astype(np.float32) / 255.0
 
 
-def _random_crops(region: np.ndarray, n: int, crop: int, size: int, rng) -> torch.Tensor:
-    """``n`` random ``crop`` x ``crop`` crops of ``region``, each resized to ``size``: [n, 1, size, size]."""
-    h, w = region.shape
-    if crop > min(h, w):
-        raise ValueError(f"crop={crop} is larger than the photo region ({h} x {w}); use crop <= {min(h, w)}.")
-    ys = rng.integers(0, h - crop + 1, n)
-    xs = rng.integers(0, w - crop + 1, n)
-    crops = np.stack([region[y:y + crop, x:x + crop] for y, x in zip(ys, xs)])
-    flips = rng.random(n) < 0.5  # horizontal flips keep every texture's orientation plausible
-    crops[flips] = crops[flips, :, ::-1]
-    t = torch.from_numpy(np.ascontiguousarray(crops)).unsqueeze(1)
+def texture_crops(photo: np.ndarray, tiles, n: int, crop: int, size: int, rng) -> torch.Tensor:
+    """``n`` random ``crop`` x ``crop`` crops from the given tiles, each resized to ``size``: ``[n, 1, size, size]``.
+
+    Every crop lies inside one tile (the tiles take turns); half of them are mirrored left-right.
+    """
+    if crop > TILE:
+        raise ValueError(f"crop={crop} is larger than a tile of the photo ({TILE} px); use crop <= {TILE} "
+                         f"and a larger size= to upsample.")
+    crops = []
+    for i in range(n):
+        region = tile_region(photo, *tiles[i % len(tiles)])
+        y, x = rng.integers(0, TILE - crop + 1, 2)
+        c = region[y:y + crop, x:x + crop]
+        crops.append(c[:, ::-1] if rng.random() < 0.5 else c)
+    t = torch.from_numpy(np.ascontiguousarray(np.stack(crops))).unsqueeze(1)
     if crop != size:
         t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return t.clamp(0, 1)
@@ -360,16 +376,17 @@ def _random_crops(region: np.ndarray, n: int, crop: int, size: int, rng) -> torc
 def load_textures(category: str = "brick", size: int = 64, n_train: int = 200, n_test_normal: int = 50,
                   n_test_defective: int = 50, crop: int = 128, seed: int = 0,
                   families: Sequence[str] = defects.TEST_FAMILIES, split: str = "test"):
-    """Crops of a real texture photo; test crops carry subtle synthetic defects with exact masks.
+    """Crops of a real texture photo; test crops carry visible synthetic defects with exact masks.
 
-    Train crops come from the left part of the photo, validation and test crops from disjoint
-    regions on the right, so no test pixel was ever seen in training. Each defective crop gets one
-    defect; the families cycle through ``families`` (see ``anomaly_utils.defects``).
+    Train, val and test crops come from interleaved tiles of the photo (``TEXTURE_TILES``: a 3 x 3
+    checkerboard with gaps), so every split covers the whole photo but no pixel is in two splits.
+    Each defective crop gets one defect; the families cycle through ``families`` (see
+    ``anomaly_utils.defects``).
 
     Args:
         category: ``"brick"``, ``"grass"`` or ``"gravel"``.
         size: side of the returned images (crops of ``crop`` pixels are resized to it).
-        split: ``"test"`` (default) or ``"val"``, the region the evaluation split is cut from.
+        split: ``"test"`` (default) or ``"val"``, the tiles the evaluation split is cut from.
     Returns:
         ``(train, test)`` data sets; images ``[1, size, size]``.
     """
@@ -377,9 +394,9 @@ def load_textures(category: str = "brick", size: int = 64, n_train: int = 200, n
         raise ValueError(f"split must be 'test' or 'val', got {split!r}.")
     photo = texture_photo(category)
     rng = np.random.default_rng([seed, TEXTURE_CATEGORIES.index(category), 0 if split == "test" else 1])
-    train = _random_crops(photo[_REGIONS["train"]], n_train, crop, size, rng)
-    normal = _random_crops(photo[_REGIONS[split]], n_test_normal, crop, size, rng)
-    defective = _random_crops(photo[_REGIONS[split]], n_test_defective, crop, size, rng)
+    train = texture_crops(photo, TEXTURE_TILES["train"], n_train, crop, size, rng)
+    normal = texture_crops(photo, TEXTURE_TILES[split], n_test_normal, crop, size, rng)
+    defective = texture_crops(photo, TEXTURE_TILES[split], n_test_defective, crop, size, rng)
     masks = torch.zeros(n_test_normal + n_test_defective, size, size)
     kinds = ["good"] * n_test_normal
     for i in range(n_test_defective):

@@ -3,8 +3,9 @@
 Two families, kept apart on purpose:
 
 * **Test defects** (``TEST_FAMILIES``): what ``load_textures`` puts into its test crops --
-  ``scratch``, ``stain``, ``hole``, ``cutpaste``. Subtle, as MVTec AD's are: thin, low contrast,
-  the texture's own grey levels, various sizes. Each returns the defective image and its exact mask.
+  ``scratch``, ``hole``, ``stain``, ``thread``, ``cutpaste``. Modelled on MVTec AD's texture defects
+  (cuts, holes, contamination and colour spots, threads, foreign material): small, but plain to see
+  for a person at the size the lessons show them. Each returns the defective image and its exact mask.
 * **Training anomalies** (``confetti_noise``, ``smooth_blobs``, ``local_shuffle``): what a
   method may use as pseudo-anomalies in training (FCDD's outlier exposure, for example). None of
   them is a test family, so a method cannot score well by having learned the test defects.
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TEST_FAMILIES = ("scratch", "stain", "hole", "cutpaste")
+TEST_FAMILIES = ("scratch", "hole", "stain", "thread", "cutpaste")
 TRAIN_FAMILIES = ("confetti", "blobs", "shuffle")
 
 
@@ -26,94 +27,114 @@ def _grid(size: int):
 
 
 def _smooth_noise(size: int, rng, scale: float) -> np.ndarray:
-    """Low-frequency noise in about [-1, 1]: bilinear upsampling of a coarse random grid."""
+    """Low-frequency noise in about [-1, 1]: bicubic upsampling of a coarse random grid."""
     cells = max(2, int(size / scale))
     coarse = torch.from_numpy(rng.standard_normal((1, 1, cells, cells)).astype(np.float32))
     return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0, 0].numpy()
 
 
+def _blend(image: torch.Tensor, target, alpha: np.ndarray) -> torch.Tensor:
+    """``image`` where ``alpha`` = 0, ``target`` where ``alpha`` = 1 (``target``: a number or an image)."""
+    a = torch.from_numpy(alpha.astype(np.float32))
+    return (image * (1 - a) + target * a).clamp(0, 1)
+
+
+def _curve_distance(points: np.ndarray, size: int) -> np.ndarray:
+    """Distance of every pixel of a ``size`` x ``size`` image to a polyline given by ``points [K, 2]``."""
+    yy, xx = _grid(size)
+    dist = np.full((size, size), np.inf, dtype=np.float32)
+    for y, x in points:
+        dist = np.minimum(dist, np.hypot(yy - y, xx - x))
+    return dist
+
+
+def _line_mask(dist: np.ndarray, half_width: float):
+    """Anti-aliased line profile in [0, 1] and its mask (pixels at least half covered)."""
+    profile = np.clip(half_width + 0.5 - dist, 0, 1)
+    return profile, profile >= 0.5
+
+
 def scratch(image: torch.Tensor, rng, photo=None):
-    """A thin curved line, slightly lighter or darker than the texture under it."""
+    """A cut: a short, slightly bent line, much darker (or lighter) than the texture, 2-4 px wide at 128 px."""
     s = image.shape[-1]
-    yy, xx = _grid(s)
-    p0 = rng.uniform(0.15 * s, 0.85 * s, 2)
+    p0 = rng.uniform(0.2 * s, 0.8 * s, 2)
     angle = rng.uniform(0, np.pi)
-    length = rng.uniform(0.25, 0.6) * s
-    p2 = np.clip(p0 + length * np.array([np.sin(angle), np.cos(angle)]), 0, s - 1)
-    p1 = (p0 + p2) / 2 + rng.normal(0, 0.12 * s, 2)  # control point bends the line
+    length = rng.uniform(0.4, 0.7) * s
+    p2 = np.clip(p0 + length * np.array([np.sin(angle), np.cos(angle)]), 1, s - 2)
+    p1 = (p0 + p2) / 2 + rng.normal(0, 0.06 * s, 2)  # control point bends the line
     t = np.linspace(0, 1, 4 * s)[:, None]
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # quadratic Bezier
-    dist = np.full((s, s), np.inf, dtype=np.float32)
-    for y, x in curve[::2]:
-        dist = np.minimum(dist, np.hypot(yy - y, xx - x))
-    width = max(0.6, s / 128 * rng.uniform(0.8, 1.6))
-    profile = np.clip(1.2 - dist / width, 0, 1)  # anti-aliased line of half-width ~ width
-    delta = rng.choice([-1, 1]) * rng.uniform(0.1, 0.2)
-    out = image + torch.from_numpy(delta * profile).float()
-    return out.clamp(0, 1), torch.from_numpy((profile > 0.5).astype(np.float32))
+    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(2.5, 4.0)))
+    target = rng.uniform(0.0, 0.08) if rng.random() < 0.7 else rng.uniform(0.92, 1.0)
+    return _blend(image, target, 0.9 * profile), torch.from_numpy(mask.astype(np.float32))
 
 
-def stain(image: torch.Tensor, rng, photo=None):
-    """A soft, irregular blob that darkens or lightens the texture a little (like oil or dust)."""
+def hole(image: torch.Tensor, rng, photo=None):
+    """A hole: an irregular, nearly black pit with a light rim, 8-18 px across at 128 px."""
     s = image.shape[-1]
     yy, xx = _grid(s)
     cy, cx = rng.uniform(0.2 * s, 0.8 * s, 2)
-    ry, rx = rng.uniform(0.05, 0.14, 2) * s
+    radius = rng.uniform(0.08, 0.12) * s
+    r = np.hypot(yy - cy, xx - cx) / radius + 0.25 * _smooth_noise(s, rng, scale=max(2.0, radius))
+    inside = np.clip((1.0 - r) / 0.15 + 0.5, 0, 1)
+    rim = np.clip(1 - np.abs(r - 1.15) / 0.15, 0, 1) * (1 - inside)
+    out = _blend(image, image * 0.1, inside)  # nearly black inside, a trace of the grain kept
+    out = _blend(out, 0.95, 0.8 * rim)
+    return out, torch.from_numpy((inside > 0.5).astype(np.float32))
+
+
+def stain(image: torch.Tensor, rng, photo=None):
+    """Contamination: a ragged, flat blob that hides the texture under a lighter or darker colour."""
+    s = image.shape[-1]
+    yy, xx = _grid(s)
+    cy, cx = rng.uniform(0.25 * s, 0.75 * s, 2)
+    ry, rx = rng.uniform(0.11, 0.18, 2) * s
     theta = rng.uniform(0, np.pi)
     dy, dx = yy - cy, xx - cx
     u = (dy * np.cos(theta) + dx * np.sin(theta)) / ry
     v = (-dy * np.sin(theta) + dx * np.cos(theta)) / rx
-    r = np.sqrt(u**2 + v**2) + 0.25 * _smooth_noise(s, rng, scale=max(ry, rx))  # ragged edge
-    alpha = 1 / (1 + np.exp((r - 1) / 0.12))  # soft inside-ness in [0, 1]
-    strength = rng.uniform(0.12, 0.25)
-    if rng.random() < 0.5:
-        out = image * (1 - strength * torch.from_numpy(alpha).float())
-    else:
-        out = image + strength * torch.from_numpy(alpha).float() * (1 - image)
-    return out.clamp(0, 1), torch.from_numpy((alpha > 0.5).astype(np.float32))
+    r = np.sqrt(u**2 + v**2) + 0.3 * _smooth_noise(s, rng, scale=max(ry, rx))  # ragged edge
+    alpha = np.clip((1 - r) / 0.2 + 0.5, 0, 1)
+    level = float(image.mean()) + rng.choice([-1, 1]) * rng.uniform(0.25, 0.4)
+    out = _blend(image, float(np.clip(level, 0.05, 0.95)), 0.95 * alpha)
+    return out, torch.from_numpy((alpha > 0.5).astype(np.float32))
 
 
-def hole(image: torch.Tensor, rng, photo=None):
-    """A small irregular pit: darker inside, a faint rim, the texture's grain kept."""
+def thread(image: torch.Tensor, rng, photo=None):
+    """A loose thread: a long, thin, wavy fibre across the crop, lighter or darker than the texture."""
     s = image.shape[-1]
-    yy, xx = _grid(s)
-    cy, cx = rng.uniform(0.2 * s, 0.8 * s, 2)
-    radius = rng.uniform(0.03, 0.07) * s
-    r = np.hypot(yy - cy, xx - cx) / radius + 0.3 * _smooth_noise(s, rng, scale=max(2.0, radius))
-    inside = np.clip((1.0 - r) / 0.15 + 0.5, 0, 1)
-    depth = rng.uniform(0.25, 0.45)
-    dark = image * (1 - depth)  # keep the grain, only darker
-    out = image * (1 - torch.from_numpy(inside).float()) + dark * torch.from_numpy(inside).float()
-    return out.clamp(0, 1), torch.from_numpy((inside > 0.5).astype(np.float32))
+    start = rng.uniform(0.1 * s, 0.9 * s, 2)
+    angle = rng.uniform(0, 2 * np.pi)
+    t = np.linspace(0, rng.uniform(0.7, 1.0) * s, 4 * s)
+    direction, normal = np.array([np.sin(angle), np.cos(angle)]), np.array([np.cos(angle), -np.sin(angle)])
+    wave = rng.uniform(0.05, 0.1) * s * np.sin(2 * np.pi * t / (rng.uniform(0.2, 0.4) * s) + rng.uniform(0, 6))
+    curve = start + t[:, None] * direction + wave[:, None] * normal
+    curve = curve[(curve >= 0).all(1) & (curve <= s - 1).all(1)]
+    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(1.5, 2.5)))
+    target = rng.uniform(0.9, 1.0) if rng.random() < 0.6 else rng.uniform(0.0, 0.1)
+    return _blend(image, target, 0.95 * profile), torch.from_numpy(mask.astype(np.float32))
 
 
 def cutpaste(image: torch.Tensor, rng, photo=None):
-    """A patch cut from elsewhere in the photo (or another texture), rotated, grey levels matched.
+    """Foreign material: a patch of *another* texture photo, rotated, with this crop's mean and contrast.
 
-    ``photo`` is the full photo ``[H, W]`` the crop came from; without it the patch comes from the
-    image itself.
+    ``photo`` is the photo the crop came from; the patch is cut from one of the other textures.
     """
     from .data import TEXTURE_CATEGORIES, texture_photo
 
     s = image.shape[-1]
-    ph = rng.integers(max(3, int(0.1 * s)), max(4, int(0.25 * s)) + 1)
-    pw = rng.integers(max(3, int(0.1 * s)), max(4, int(0.25 * s)) + 1)
-    source = photo
-    if rng.random() < 0.3:  # a patch of another texture
-        source = texture_photo(TEXTURE_CATEGORIES[rng.integers(len(TEXTURE_CATEGORIES))])
-    if source is None:
-        source = image.numpy()
-        patch = source[rng.integers(0, s - ph + 1):, rng.integers(0, s - pw + 1):][:ph, :pw]
-    else:
-        # cut at about the crops' scale (load_textures' default crop of 128 px, resized to s)
-        scale = max(1, round(128 / s))
-        sy, sx = rng.integers(0, source.shape[0] - ph * scale), rng.integers(0, source.shape[1] - pw * scale)
-        patch = source[sy:sy + ph * scale:scale, sx:sx + pw * scale:scale]
+    ph = rng.integers(max(3, int(0.25 * s)), max(4, int(0.4 * s)) + 1)
+    pw = rng.integers(max(3, int(0.25 * s)), max(4, int(0.4 * s)) + 1)
+    others = [c for c in TEXTURE_CATEGORIES if photo is None or not np.array_equal(texture_photo(c), photo)]
+    source = texture_photo(others[rng.integers(len(others))])
+    scale = max(1, round(128 / s))  # cut at about the crops' scale (a 128-px crop resized to s)
+    sy, sx = rng.integers(0, source.shape[0] - ph * scale), rng.integers(0, source.shape[1] - pw * scale)
+    patch = source[sy:sy + ph * scale:scale, sx:sx + pw * scale:scale]
     patch = torch.from_numpy(np.ascontiguousarray(np.rot90(patch, rng.integers(1, 4)))).float()
     ph, pw = patch.shape
     y, x = rng.integers(0, s - ph + 1), rng.integers(0, s - pw + 1)
     target = image[y:y + ph, x:x + pw]
-    patch = (patch - patch.mean()) / (patch.std() + 1e-6) * target.std() + target.mean()  # same grey levels
+    patch = patch - patch.mean() + target.mean()  # the same mean grey level, its own contrast
     out = image.clone()
     out[y:y + ph, x:x + pw] = patch
     mask = torch.zeros(s, s)
@@ -121,7 +142,7 @@ def cutpaste(image: torch.Tensor, rng, photo=None):
     return out.clamp(0, 1), mask
 
 
-_TEST = {"scratch": scratch, "stain": stain, "hole": hole, "cutpaste": cutpaste}
+_TEST = {"scratch": scratch, "hole": hole, "stain": stain, "thread": thread, "cutpaste": cutpaste}
 
 
 def apply_defect(family: str, image: torch.Tensor, photo=None, rng=None):
