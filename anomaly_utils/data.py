@@ -40,6 +40,29 @@ class Sample(NamedTuple):
     mask: torch.Tensor  # [H, W], 1 = defective pixel
 
 
+def _check_images(images: torch.Tensor, name: str) -> torch.Tensor:
+    """``images`` as float32 ``[N, C, H, W]`` in [0, 1]; a clear error (with the fix) if they are not."""
+    shape = tuple(images.shape)
+    if images.ndim != 4:
+        raise ValueError(f"{name}: images must be [N, C, H, W], got shape {shape}.")
+    if images.shape[1] not in (1, 3):
+        fix = "images.permute(0, 3, 1, 2)" + ("" if images.is_floating_point() else ".float() / 255")
+        hint = f" They look channels-last ([N, H, W, C]): use {fix}." if images.shape[3] in (1, 3) else ""
+        raise ValueError(f"{name}: images must be [N, C, H, W] with C = 1 (grey) or 3 (colour), got shape "
+                         f"{shape}.{hint}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name}: images must be float in [0, 1], got {images.dtype}. Convert them, e.g. "
+                         "images.float() / 255 for 8-bit images.")
+    images = images.to(torch.float32)
+    if images.numel():
+        low, high = torch.aminmax(images)  # one pass over the data (NaN propagates into both)
+        if not (low >= -1e-4 and high <= 1 + 1e-4):
+            raise ValueError(f"{name}: images must be float in [0, 1], got values from {float(low):.4g} to "
+                             f"{float(high):.4g}. Divide 8-bit values by 255; undo any normalisation "
+                             "(mean / std) before building the data set.")
+    return images
+
+
 class AnomalyDataset(Dataset):
     """An in-memory anomaly detection split.
 
@@ -52,14 +75,14 @@ class AnomalyDataset(Dataset):
     """
 
     def __init__(self, images, labels, masks=None, kinds=None, name: str = "data"):
-        images = torch.as_tensor(images, dtype=torch.float32)
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        if images.ndim != 4:
-            raise ValueError(f"{name}: images must be [N, C, H, W], got shape {tuple(images.shape)}.")
+        images = _check_images(torch.as_tensor(images), name)
+        labels = torch.as_tensor(labels)
         if len(labels) != len(images):
             raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels.")
-        if not set(labels.unique().tolist()) <= {0, 1}:
-            raise ValueError(f"{name}: labels must be 0 (normal) or 1 (anomalous).")
+        if not ((labels == 0) | (labels == 1)).all():  # before the cast to int, which would turn 0.9 into 0
+            values = ", ".join(f"{v:g}" for v in labels.unique().tolist()[:10])
+            raise ValueError(f"{name}: labels must be exactly 0 (normal) or 1 (anomalous), got the values {values}.")
+        labels = labels.long()
         self.has_masks = masks is not None
         if masks is None:
             n, _, h, w = images.shape
@@ -115,12 +138,20 @@ class AnomalyDataset(Dataset):
 
 # --------------------------------------------------------------------------- one-vs-rest digit sets
 
+def check_counts(minimum: int = 1, **counts) -> None:
+    """An error unless every count is ``None`` or an int >= ``minimum``, e.g. ``check_counts(n_train=n)``."""
+    for name, n in counts.items():
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum):
+            raise ValueError(f"{name} must be a whole number >= {minimum} (or None for the default), got {n!r}.")
+
+
 def _one_vs_rest(x: np.ndarray, y: np.ndarray, normal_classes, n_train, n_test_normal, n_test_anomalous,
                  seed: int, name: str):
     """Split a labelled set: train = normal classes only; test = held-out normal + other classes.
 
     ``n_test_anomalous`` is the number of test images taken from *each* anomalous class.
     """
+    check_counts(0, n_train=n_train, n_test_normal=n_test_normal, n_test_anomalous=n_test_anomalous)
     normal_classes = [normal_classes] if np.isscalar(normal_classes) else list(normal_classes)
     classes = sorted(set(y.tolist()))
     if not set(normal_classes) <= set(classes):
@@ -175,10 +206,13 @@ def load_mnist(normal_class=0, n_train: int | None = None, n_test_normal: int = 
     test); test holds ``n_test_normal`` held-out normal images and ``n_test_anomalous`` of each
     anomalous class.
     """
+    check_counts(n_train=n_train, n_test_normal=n_test_normal, n_test_anomalous=n_test_anomalous)
     x, y = _mnist_arrays()
     x = (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
-    return _one_vs_rest(x, y, normal_class, n_train, n_test_normal, n_test_anomalous, seed,
-                        f"mnist/{normal_class}")
+    train, test = _one_vs_rest(x, y, normal_class, n_train, n_test_normal, n_test_anomalous, seed,
+                               f"mnist/{normal_class}")
+    test.check_test_split()  # e.g. every class normal: no anomalous test digits
+    return train, test
 
 
 def load_digits(normal_class=0, n_train: int | None = None, n_test_normal: int = 50,
@@ -186,10 +220,13 @@ def load_digits(normal_class=0, n_train: int | None = None, n_test_normal: int =
     """scikit-learn's 8x8 digits (about 180 per class), one-vs-rest like ``load_mnist``."""
     from sklearn.datasets import load_digits as sk_digits
 
+    check_counts(n_train=n_train, n_test_normal=n_test_normal, n_test_anomalous=n_test_anomalous)
     d = sk_digits()
     x = (d.images.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
-    return _one_vs_rest(x, d.target, normal_class, n_train, n_test_normal, n_test_anomalous, seed,
-                        f"digits/{normal_class}")
+    train, test = _one_vs_rest(x, d.target, normal_class, n_train, n_test_normal, n_test_anomalous, seed,
+                               f"digits/{normal_class}")
+    test.check_test_split()
+    return train, test
 
 
 # --------------------------------------------------------------------------- PIPED (real paper impurities)
@@ -390,6 +427,7 @@ def load_textures(category: str = "brick", size: int = 64, n_train: int = 200, n
     Returns:
         ``(train, test)`` data sets; images ``[1, size, size]``.
     """
+    check_counts(size=size, n_train=n_train, n_test_normal=n_test_normal, n_test_defective=n_test_defective, crop=crop)
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}.")
     photo = texture_photo(category)

@@ -62,9 +62,49 @@ def fit_timed(detector, train_dataset) -> float:
     return time.perf_counter() - start
 
 
+def _as_float(x) -> torch.Tensor:
+    """A CPU tensor; floating point kept at its precision (float64 maps stay float64)."""
+    x = torch.as_tensor(x).detach().cpu()
+    return x if x.is_floating_point() else x.float()
+
+
 def _sync(device) -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def _scaled_by_integer(h: int, w: int, height: int, width: int) -> bool:
+    """Whether an ``h x w`` map is the ``height x width`` image shrunk or enlarged by one integer factor k
+    (the same for height and width; a shrunk side may be rounded, as strided convolutions do)."""
+    (sh, sw), (bh, bw) = sorted([(h, w), (height, width)])  # the smaller and the bigger shape
+    if min(sh, sw) < 1:
+        return False
+    k = round(bh / sh)
+    return k >= 1 and round(bw / sw) == k and abs(bh / k - sh) < 1 and abs(bw / k - sw) < 1
+
+
+def _check_maps(m: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``predict``'s maps as ``[B, h, w]``; an error unless they fit ``images [B, C, H, W]``.
+
+    A map may differ from the image size by one integer factor (e.g. a feature map with stride 8,
+    or a detector that works on images resized to twice the size): it is then resized to the image.
+    """
+    b, _, height, width = images.shape
+    expected = f"[{b}, {height}, {width}] or [{b}, 1, {height}, {width}] (or scaled by an integer factor)"
+    if m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.ndim != 3 or m.shape[0] != b:
+        raise ValueError(f"predict returned anomaly maps of shape {list(m.shape)} for {b} images; expected "
+                         f"{expected}: one single-channel map per image (average the channels if there are several).")
+    h, w = m.shape[1:]
+    if not _scaled_by_integer(h, w, height, width):
+        hint = " (height and width swapped?)" if (h, w) == (width, height) else ""
+        raise ValueError(f"predict returned anomaly maps of shape {list(m.shape)}{hint} for images of "
+                         f"{height} x {width} pixels; expected {expected}, with the image's aspect ratio.")
+    if not torch.isfinite(m).all():
+        raise ValueError(f"predict returned anomaly maps with {int((~torch.isfinite(m)).sum())} NaN or infinite "
+                         "pixels; check the model's training (a diverged loss?).")
+    return m
 
 
 def evaluate(detector, test_dataset, batch_size: int = 32, pixel_metrics: bool = True,
@@ -72,7 +112,8 @@ def evaluate(detector, test_dataset, batch_size: int = 32, pixel_metrics: bool =
     """Score ``test_dataset`` with a fitted detector and compute the course's metrics.
 
     Image AUROC always; pixel AUROC and AUPRO when the data set has masks and the detector returns
-    anomaly maps (upsampled bilinearly to the image size if smaller). Inference time is measured
+    anomaly maps (resized bilinearly to the image size; maps must be [N, H, W] or [N, 1, H, W],
+    possibly scaled by one integer factor, and finite). Inference time is measured
     per image over the whole split (a first batch is run once to warm up).
     """
     test_dataset.check_test_split()
@@ -85,11 +126,9 @@ def evaluate(detector, test_dataset, batch_size: int = 32, pixel_metrics: bool =
     start = time.perf_counter()
     for i in range(0, n, batch_size):
         s, m = detector.predict(images[i:i + batch_size])
-        scores.append(torch.as_tensor(s).detach().float().cpu().reshape(-1))
+        scores.append(_as_float(s).reshape(-1))
         if m is not None:
-            m = torch.as_tensor(m).detach().float().cpu()
-            if m.ndim == 4:
-                m = m[:, 0]
+            m = _check_maps(_as_float(m), images[i:i + batch_size])
             if m.shape[-2:] != images.shape[-2:]:
                 m = F.interpolate(m[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             maps.append(m)
@@ -99,7 +138,8 @@ def evaluate(detector, test_dataset, batch_size: int = 32, pixel_metrics: bool =
     if len(pred) != n:
         raise ValueError(f"predict returned {len(pred)} scores for {n} images; it must return one per image.")
     if not np.isfinite(pred).all():
-        raise ValueError("predict returned NaN or infinite scores; check the model's training (a diverged loss?).")
+        raise ValueError(f"predict returned {int((~np.isfinite(pred)).sum())} NaN or infinite scores for {n} images; "
+                         "check the model's training (a diverged loss?).")
     labels = test_dataset.labels.numpy()
     anomaly_maps = torch.cat(maps).numpy() if maps else None
     pix = pro = None

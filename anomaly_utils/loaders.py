@@ -16,11 +16,21 @@ to other data.
 Channels: an all-grey source gives 1-channel images; if any image is in colour, every image is
 loaded as RGB (grey ones repeated to 3 channels), so a data set never mixes channel counts.
 ``grey=True`` converts everything to 1 channel (ITU-R 601 luma).
+
+Pixels: 8-bit images are divided by 255, 16-bit ones by 65535 (the bit depth, the same for every
+image, never an image's own maximum). Photos are turned upright by their EXIF orientation, and
+their masks are turned the same way (a mask is taken to be drawn on the stored pixels; the mask
+file's own EXIF is ignored). Masks: a grey mask is defective above half its range (0/1 label
+images: at 1); a colour mask wherever a pixel is not black; transparent pixels never. A warning
+(one per data set) names anomalous images with empty masks and masks covering more than half of
+their image (inverted?). Hidden files and folders (names starting with '.') are ignored; mask
+extensions match in any case (``a_mask.PNG`` for ``{stem}_mask.png``).
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -28,11 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import AnomalyDataset, _one_vs_rest
+from .data import AnomalyDataset, _one_vs_rest, check_counts
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
-_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # 16-bit (or 32-bit) grey, float
+_GREY_MODES = {"1", "L", "LA", "La", *_HIGH_BIT_MODES}
 
 
 # --------------------------------------------------------------------------- files
@@ -65,7 +76,7 @@ def _list_images(folder: Path, what: str, exclude=None) -> list[Path]:
     folder = _require_dir(folder, what)
     files = sorted(p for p in folder.iterdir() if _is_image_file(p) and not (exclude and exclude(p)))
     if not files:
-        subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         others = sorted(p.name for p in folder.iterdir() if p.is_file())
         hint = ""
         if subdirs:
@@ -86,61 +97,92 @@ def _few(names: Sequence[str], k: int = 5) -> str:
 # --------------------------------------------------------------------------- decoding
 
 def _open(path: Path, what: str):
-    """Open and fully decode an image with PIL; a ``ValueError`` naming the file if it cannot."""
-    from PIL import Image, ImageOps
+    """Open and fully decode an image with PIL, as stored (no EXIF rotation); a ``ValueError`` naming the file."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
-            try:
-                im = ImageOps.exif_transpose(im)  # photos taken rotated: use the orientation people see
-            except Exception:  # a broken EXIF block is no reason to reject the pixels
-                pass
             return im.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(f"{what} {str(path)!r} is too large for PIL's safety limit against decompression bombs "
+                         f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {err} If you trust the file, "
+                         "raise the limit before loading: from PIL import Image; Image.MAX_IMAGE_PIXELS = None. "
+                         "Or shrink the image.") from None
     except Exception as err:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ValueError, ...
         raise ValueError(f"cannot read {what} {str(path)!r} ({type(err).__name__}: {err}). The file is not a "
                          "valid image or is corrupt: replace it or remove it from the folder.") from None
 
 
-def _scale_high_bit_depth(a: np.ndarray) -> np.ndarray:
-    """16-bit or float pixels to [0, 1]: divide by the largest value their bit depth allows."""
-    a = a.astype(np.float32)
-    top = a.max() if a.size else 0.0
-    scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
-    return np.clip(a / scale, 0.0, 1.0)
+def _orientation(im):
+    """The PIL transpose that turns ``im`` upright as its EXIF orientation says (None: as stored)."""
+    from PIL import Image
+
+    try:
+        code = im.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block is no reason to reject the pixels
+        return None
+    t = Image.Transpose
+    return {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+            7: t.TRANSVERSE, 8: t.ROTATE_90}.get(code)
 
 
-def _read_image(path: Path, grey: bool) -> np.ndarray:
-    """Decode ``path`` to float32 in [0, 1]: ``[H, W]`` for grey images, ``[H, W, 3]`` for colour."""
+def _scale_high_bit_depth(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """16-bit pixels to [0, 1] by the bit depth (/ 65535), the same for every image; float pixels as they are."""
+    top = 1.0 if mode == "F" else 65535.0
+    a = a.astype(np.float32) / top
+    if a.size and not (a.min() >= 0 and a.max() <= 1):
+        raise ValueError(f"image {str(path)!r} (PIL mode {mode}) has pixel values from {a.min() * top:g} to "
+                         f"{a.max() * top:g}; expected 0 to {top:g}. Convert it to an 8- or 16-bit image first.")
+    return a
+
+
+def _read_image(path: Path, grey: bool):
+    """Decode ``path`` to float32 in [0, 1]: ``[H, W]`` for grey images, ``[H, W, 3]`` for colour.
+
+    Returns ``(pixels, turn)``: photos are turned upright by their EXIF orientation; ``turn`` is
+    that transpose (or None), to be applied to the image's mask as well.
+    """
     im = _open(path, "image")
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return _scale_high_bit_depth(np.asarray(im))
-    if im.mode in _GREY_MODES:
-        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    if grey:
-        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    turn = _orientation(im)
+    if turn is not None:
+        im = im.transpose(turn)
+    if im.mode in _HIGH_BIT_MODES:
+        return _scale_high_bit_depth(np.asarray(im), im.mode, path), turn
+    if im.mode in _GREY_MODES or grey:
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0, turn
     rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     if im.mode == "P" and np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-        return rgb[..., 0]  # a palette image whose palette is grey
-    return rgb
+        return rgb[..., 0], turn  # a palette image whose palette is grey
+    return rgb, turn
 
 
-def _read_mask(path: Path, image_path: Path, image_hw: tuple[int, int]) -> np.ndarray:
-    """A binary mask ``[H, W]`` (bool); any channel above half its range counts as defective."""
+def _read_mask(path: Path, image_path: Path, image_hw: tuple[int, int], turn=None) -> np.ndarray:
+    """A binary mask ``[H, W]`` (bool), turned like its image (``turn``: the image's EXIF orientation).
+
+    Grey masks: above half their range is defective (0/1 label images: 1). Colour masks (e.g. drawn
+    in dark red): any non-black pixel. Where the mask has an alpha channel, transparent pixels are
+    never defective.
+    """
     im = _open(path, "mask")
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        a = np.asarray(im).astype(np.float32)
-        top = 65535.0 if a.max() > 255 else 255.0
-    elif im.mode in _GREY_MODES:
-        a, top = np.asarray(im.convert("L")), 255.0
-    else:  # a colour mask (e.g. drawn in red): the brightest channel decides
-        a, top = np.asarray(im.convert("RGB")).max(axis=-1), 255.0
-    if a.shape != tuple(image_hw):
-        raise ValueError(f"mask {str(path)!r} is {a.shape[1]} x {a.shape[0]} pixels but its image "
-                         f"{str(image_path)!r} is {image_hw[1]} x {image_hw[0]} (width x height). A mask must "
+    if turn is not None:
+        im = im.transpose(turn)
+    if im.mode in _HIGH_BIT_MODES:
+        a, top = np.asarray(im), 1.0 if im.mode == "F" else 65535.0
+        defective = a > 0 if a.max() <= 1 else a > top / 2
+    elif im.mode in ("1", "L", "LA", "La"):
+        a = np.asarray(im.convert("L"))
+        defective = a > 0 if a.max() <= 1 else a > 127  # 0/1 label images, or 0/255 cut at half
+    else:
+        defective = np.asarray(im.convert("RGB")).max(axis=-1) > 0
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        defective &= np.asarray(im.convert("RGBA"))[..., 3] > 0
+    if defective.shape != tuple(image_hw):
+        turned = " (after turning it like its image, whose EXIF orientation says it was rotated)" if turn else ""
+        raise ValueError(f"mask {str(path)!r} is {defective.shape[1]} x {defective.shape[0]} pixels{turned} but its "
+                         f"image {str(image_path)!r} is {image_hw[1]} x {image_hw[0]} (width x height). A mask must "
                          "have exactly its image's size: check that it belongs to this image.")
-    # masks stored as 0/1 label images are binary already; 0/255 (or anti-aliased) masks cut at half
-    return a > 0 if a.max() <= 1 else a > top / 2
+    return defective
 
 
 def _resize_image(a: np.ndarray, size) -> torch.Tensor:
@@ -158,15 +200,30 @@ def _resize_mask(m: np.ndarray, size) -> torch.Tensor:
     return (t > 0.5).float()
 
 
+def _is_int(n) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+
+
 def _check_size(size):
+    """``None`` or ``(height, width)``; an error for anything else (such as '64' or 32.7)."""
     if size is None:
         return None
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size must be a positive int (square images), (height, width) or None, got {size}.")
-    return size
+    pair = (size, size) if _is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(pair) != 2 or not all(_is_int(s) and s >= 1 for s in pair):
+        raise ValueError(f"size must be a positive int (square images), a (height, width) pair of ints or None "
+                         f"(keep the original size); got {size!r}.")
+    return int(pair[0]), int(pair[1])
+
+
+def _find_files(wanted: list[Path]) -> list[Path | None]:
+    """The file at each wanted path, its extension matched in any case (``a_mask.PNG`` for ``a_mask.png``)."""
+    listings, found = {}, []
+    for w in wanted:
+        if w.parent not in listings:  # list each folder once
+            files = [p for p in w.parent.iterdir() if p.is_file()] if w.parent.is_dir() else []
+            listings[w.parent] = {(p.stem, p.suffix.lower()): p for p in files if not p.name.startswith(".")}
+        found.append(listings[w.parent].get((w.stem, w.suffix.lower())))
+    return found
 
 
 class _Item(NamedTuple):
@@ -178,37 +235,55 @@ class _Item(NamedTuple):
 
 def _build(train_items: list[_Item], test_items: list[_Item], size, grey: bool, name: str,
            has_masks: bool) -> tuple[AnomalyDataset, AnomalyDataset]:
-    """Decode, resize and stack every item; one channel count for the whole set."""
+    """Decode and resize every item into one preallocated tensor; one channel count for the whole set.
+
+    Warns (once per data set) about anomalous images with empty masks and about masks covering
+    more than half of their image.
+    """
     from tqdm.auto import tqdm
 
     size = _check_size(size)
-    images, masks = [], []
     items = train_items + test_items
-    for item in tqdm(items, desc=f"loading {name}", disable=len(items) < 100, leave=False):
-        a = _read_image(item.path, grey)
-        hw = a.shape[:2]
-        images.append(_resize_image(a, size))
-        if has_masks:
-            m = _read_mask(item.mask, item.path, hw) if item.mask is not None else np.zeros(hw, dtype=bool)
-            masks.append(_resize_mask(m, size))
-    if size is None:
-        shapes = {tuple(t.shape[1:]) for t in images}
-        if len(shapes) > 1:
-            raise ValueError(f"{name}: the images have different sizes ({_few(sorted(shapes), 4)}); pass "
-                             "size=... to resize them all to one size.")
-    if not grey and any(t.shape[0] == 3 for t in images):
-        images = [t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in images]
+    images = masks = None  # allocated at the first image, then filled in place (no list to stack)
+    empty, inverted = [], []
+    for i, item in enumerate(tqdm(items, desc=f"loading {name}", disable=len(items) < 100, leave=False)):
+        a, turn = _read_image(item.path, grey)
+        t = _resize_image(a, size)  # [C, h, w]
+        if images is None:
+            first = item.path
+            images = torch.empty(len(items), t.shape[0], *t.shape[1:])
+            masks = torch.zeros(len(items), *t.shape[1:]) if has_masks else None
+        if t.shape[1:] != images.shape[2:]:
+            raise ValueError(f"{name}: the images have different sizes ({str(first)!r} is {images.shape[3]} x "
+                             f"{images.shape[2]}, {str(item.path)!r} is {t.shape[2]} x {t.shape[1]}); pass size=... "
+                             "to resize them all to one size.")
+        if t.shape[0] > images.shape[1]:  # the first colour image: the whole set becomes RGB
+            images = images.expand(-1, 3, -1, -1).clone()
+        images[i] = t  # a grey image is repeated to 3 channels in an RGB set
+        if has_masks and item.mask is not None:
+            m = _read_mask(item.mask, item.path, a.shape[:2], turn)
+            masks[i] = _resize_mask(m, size)
+            where = f"{item.mask.parent.name}/{item.mask.name}"
+            if item.label == 1 and not m.any():
+                empty.append(where)
+            if m.mean() > 0.5:
+                inverted.append(where)
+    if empty:
+        warnings.warn(f"{name}: {len(empty)} anomalous image(s) have an empty mask (no defective pixel): "
+                      f"{_few(empty)}. Pixel metrics take them as defect-free; check these masks.", stacklevel=3)
+    if inverted:
+        warnings.warn(f"{name}: {len(inverted)} mask(s) mark more than half of their image as defective: "
+                      f"{_few(inverted)}. Are they inverted (some data sets mark the defect in black)? If so, "
+                      "invert those mask files.", stacklevel=3)
     n = len(train_items)
-    stacked = torch.stack(images)
-    mask_t = torch.stack(masks) if has_masks else None
 
     def split(lo, hi, items, suffix):
-        return AnomalyDataset(stacked[lo:hi].contiguous(), [it.label for it in items],
-                              None if mask_t is None else mask_t[lo:hi], [it.kind for it in items],
+        return AnomalyDataset(images[lo:hi], [it.label for it in items],
+                              None if masks is None else masks[lo:hi], [it.kind for it in items],
                               f"{name}/{suffix}")
 
     train = split(0, n, train_items, "train")
-    test = split(n, len(images), test_items, "test")
+    test = split(n, len(items), test_items, "test")
     test.check_test_split()
     return train, test
 
@@ -229,10 +304,15 @@ def load_mvtec(root, category: str, size=256, grey: bool = False) -> tuple[Anoma
 
     Returns ``(train, test)``.
     """
+    size = _check_size(size)
     root = _require_dir(root, "MVTec AD root folder")
+    found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() and not p.name.startswith("."))
+    if not isinstance(category, str) or not category or category.startswith(".") or "/" in category \
+            or "\\" in category:
+        raise ValueError(f"category must be the name of a category folder, such as 'bottle'; got {category!r}. "
+                         + (f"Categories found in {str(root)!r}: {_few(found, 15)}." if found else ""))
     base = root / category
     if not base.is_dir():
-        found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir())
         raise FileNotFoundError(
             f"MVTec AD category {category!r} not found: {str(base)!r} does not exist. "
             + (f"Categories found in {str(root)!r}: {_few(found, 15)}." if found else
@@ -240,19 +320,19 @@ def load_mvtec(root, category: str, size=256, grey: bool = False) -> tuple[Anoma
                f"{MVTEC_URL} and extract it there."))
     train_paths = _list_images(base / "train" / "good", "MVTec AD training folder")
     test_dir = _require_dir(base / "test", "MVTec AD test folder")
-    kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+    kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not kinds:
         raise ValueError(f"MVTec AD test folder {str(test_dir)!r} has no subfolders; expected 'good' and one "
                          "folder per defect type.")
     kinds = (["good"] if "good" in kinds else []) + [k for k in kinds if k != "good"]
     test_items, missing = [], []
     for kind in kinds:
-        for p in _list_images(test_dir / kind, f"MVTec AD test folder ({kind})"):
-            mask = None
-            if kind != "good":
-                mask = base / "ground_truth" / kind / f"{p.stem}_mask.png"
-                if not mask.is_file():
-                    missing.append(f"{kind}/{p.name}")
+        paths = _list_images(test_dir / kind, f"MVTec AD test folder ({kind})")
+        masks = [None] * len(paths) if kind == "good" else \
+            _find_files([base / "ground_truth" / kind / f"{p.stem}_mask.png" for p in paths])
+        for p, mask in zip(paths, masks):
+            if kind != "good" and mask is None:
+                missing.append(f"{kind}/{p.name}")
             test_items.append(_Item(p, int(kind != "good"), kind, mask))
     if missing:
         raise FileNotFoundError(
@@ -266,8 +346,11 @@ def load_mvtec(root, category: str, size=256, grey: bool = False) -> tuple[Anoma
 # --------------------------------------------------------------------------- generic folders
 
 def _pattern_regex(mask_pattern: str) -> re.Pattern:
-    parts = re.split(r"(\{stem\})", mask_pattern)
-    return re.compile("".join("(.+)" if p == "{stem}" else re.escape(p) for p in parts) + r"\Z", re.IGNORECASE)
+    """Matches the file names ``mask_pattern`` gives, with the extension in any case (as ``_find_files``)."""
+    ext = Path(mask_pattern).suffix
+    parts = re.split(r"(\{stem\})", mask_pattern[:len(mask_pattern) - len(ext)])
+    name = "".join("(.+)" if p == "{stem}" else re.escape(p) for p in parts)
+    return re.compile(name + (f"(?i:{re.escape(ext)})" if ext else "") + r"\Z")
 
 
 def load_folder(normal_dir, anomalous_dir, mask_dir=None, mask_pattern: str = "{stem}_mask.png",
@@ -291,6 +374,7 @@ def load_folder(normal_dir, anomalous_dir, mask_dir=None, mask_pattern: str = "{
     Returns:
         ``(train, test)``; kinds are ``"good"`` and ``"anomalous"``.
     """
+    size = _check_size(size)
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1 (the share of normal images held out for "
                          f"the test), got {test_fraction}.")
@@ -327,11 +411,8 @@ def load_folder(normal_dir, anomalous_dir, mask_dir=None, mask_pattern: str = "{
     test_normal = sorted(normal[i] for i in order[:n_test])
     train_normal = sorted(normal[i] for i in order[n_test:])
 
-    mask_of = {}
-    for p in anomalous:
-        m = mask_dir / mask_pattern.format(stem=p.stem)
-        if m.is_file():
-            mask_of[p] = m
+    found = _find_files([mask_dir / mask_pattern.format(stem=p.stem) for p in anomalous])
+    mask_of = {p: m for p, m in zip(anomalous, found) if m is not None}
     without = [p.name for p in anomalous if p not in mask_of]
     if without and (require_masks or mask_of):
         example = mask_pattern.format(stem=anomalous[0].stem)
@@ -383,6 +464,7 @@ def load_torchvision(name: str, root, normal_class=0, n_train: int | None = None
     """
     import torchvision
 
+    check_counts(n_train=n_train, n_test_normal=n_test_normal, n_test_anomalous=n_test_anomalous)
     key = re.sub(r"[^a-z0-9]", "", str(name).lower())
     if key not in _TORCHVISION:
         raise ValueError(f"unknown torchvision data set {name!r}; choose one of {sorted(_TORCHVISION.values())}.")
@@ -437,4 +519,5 @@ def load_torchvision(name: str, root, normal_class=0, n_train: int | None = None
     _, test = _one_vs_rest(to_float(x_te), y_te, normal, 0, n_test_normal, n_test_anomalous, seed, cls_name)
     label = "+".join(map(str, normal))
     train.name, test.name = f"{cls_name.lower()}/{label}/train", f"{cls_name.lower()}/{label}/test"
+    test.check_test_split()  # e.g. every class normal: no anomalous test images
     return train, test

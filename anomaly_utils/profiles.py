@@ -14,10 +14,14 @@ A *profile* says how big an experiment is:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
 import random
+import re
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,9 @@ def get_profile() -> str:
     if name:
         if name not in PROFILES:
             raise ValueError(f"AD_PROFILE={name!r} is not a profile; use one of {', '.join(PROFILES)}.")
+        if name == "gpu" and not torch.cuda.is_available():
+            warnings.warn("AD_PROFILE=gpu but CUDA is not available: the gpu profile's paper-scale sizes will run "
+                          "on the CPU and be very slow. Use AD_PROFILE=cpu on this machine.", stacklevel=2)
         return name
     return "gpu" if torch.cuda.is_available() else "cpu"
 
@@ -94,32 +101,119 @@ def setup(seed: int = 0, verbose: bool = True) -> tuple[str, torch.device]:
     return profile, device
 
 
-def config_key(config: dict) -> str:
-    """A short, stable hash of a JSON-serialisable config (the checkpoint's name)."""
-    text = json.dumps(config, sort_keys=True, default=str)
+def data_fingerprint(x) -> str:
+    """A SHA-1 of a tensor's or array's exact bytes, shape and dtype: any edited pixel changes it.
+
+    Put it in a cache config (``dict(..., data=data_fingerprint(train.images))``) instead of a
+    name, a count or a rounded sum, which stay the same for flipped images or small edits.
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().contiguous()
+        dtype, shape, raw = str(x.dtype), tuple(x.shape), x.reshape(-1).view(torch.uint8).numpy()
+    else:
+        x = np.ascontiguousarray(x)
+        dtype, shape, raw = str(x.dtype), x.shape, x.reshape(-1).view(np.uint8)
+    h = hashlib.sha1(f"{dtype} {shape} ".encode())
+    h.update(raw)
+    return h.hexdigest()
+
+
+def _canonical(value):
+    """``value`` with every tensor or array, at any depth, replaced by its exact fingerprint."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return {"fingerprint": data_fingerprint(value)}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def model_source(model) -> str:
+    """The source code of the classes ``model`` is built from (torch's own layers by name only).
+
+    Part of the cache key, so that weights trained with older model code are not served. Classes
+    without available source (e.g. defined in an interactive session) fall back to their name and
+    the bytecode of their methods.
+    """
+    parts = []
+    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        if cls.__module__.startswith("torch."):
+            parts.append(name)
+            continue
+        try:
+            parts.append(inspect.getsource(cls))
+        except (OSError, TypeError):
+            code = [f.__code__.co_code.hex() for f in vars(cls).values() if hasattr(f, "__code__")]
+            parts.append(name + ":" + ",".join(code))
+    return "\n".join(parts)
+
+
+def config_key(config: dict, model=None) -> str:
+    """A short, stable hash of a config (the checkpoint's name), and of ``model``'s source code if given.
+
+    Tensors and arrays anywhere in the config count by their exact bytes, shape and dtype.
+    """
+    text = json.dumps(_canonical(config), sort_keys=True, default=str)
+    if model is not None:
+        text += "\n" + model_source(model)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def cache_path(name: str, config: dict, suffix: str = ".pt") -> Path:
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\Z")
+
+
+def cache_path(name: str, config: dict, suffix: str = ".pt", model=None) -> Path:
     """Where the checkpoint of ``name`` trained with ``config`` lives: ``data/cache/<name>-<hash>.pt``."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"cache name {name!r} is not a plain file name; use letters, digits, '-', '_' and '.' "
+                         "only, not starting with '.' (e.g. '05_l2_ae').")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    return CACHE_DIR / f"{name}-{config_key(config)}{suffix}"
+    return CACHE_DIR / f"{name}-{config_key(config, model)}{suffix}"
+
+
+def _read_checkpoint(path: Path):
+    """The saved dict, or None (with a warning naming the file) if the file is truncated or not a checkpoint."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved["state_dict"], saved["history"]  # a KeyError (or TypeError) if this is not our checkpoint
+        return saved
+    except Exception as err:
+        warnings.warn(f"cache file {str(path)!r} cannot be read ({type(err).__name__}: {err}); it is probably "
+                      "truncated (an interrupted save or a full disk). Training again; the file will be replaced.",
+                      stacklevel=3)
+        return None
+
+
+def _save_atomically(obj, path: Path) -> None:
+    """Write to a temporary file of our own in the same folder, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_or_train(model: torch.nn.Module, name: str, config: dict, train_fn, use_cache: bool = True):
     """Load ``model``'s weights from the cache if this exact config was trained before, else train.
 
-    ``train_fn(model) -> history`` trains in place and returns anything JSON-able (e.g. the losses).
-    Returns ``(model, history, from_cache)``. Set ``AD_NO_CACHE=1`` to always retrain.
+    The key is ``config`` (tensors and arrays in it by their exact bytes) plus the source code of
+    ``model``'s classes. ``train_fn(model) -> history`` trains in place and returns anything
+    JSON-able (e.g. the losses). Returns ``(model, history, from_cache)``. Set ``AD_NO_CACHE=1`` to
+    always retrain; an unreadable cache file is reported and retrained.
     """
-    path = cache_path(name, config)
+    path = cache_path(name, config, model=model)  # checks the name before any training
     use_cache = use_cache and os.environ.get("AD_NO_CACHE", "") != "1"
-    if use_cache and path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = _read_checkpoint(path) if use_cache and path.exists() else None
+    if saved is not None:
         model.load_state_dict(saved["state_dict"])
         return model, saved["history"], True
     history = train_fn(model)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "history": history, "config": config}, tmp)
-    tmp.replace(path)
+    _save_atomically({"state_dict": model.state_dict(), "history": history, "config": _canonical(config)}, path)
     return model, history, False

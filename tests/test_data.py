@@ -172,3 +172,39 @@ def test_texture_errors():
         load_textures("brick", split="train")
     with pytest.raises(ValueError, match="crop=300"):
         load_textures("brick", crop=300)
+
+
+# --------------------------------------------------------------------------- hardening: checks at the door
+
+def test_dataset_rejects_labels_images_and_layouts_that_would_be_misread():
+    with pytest.raises(ValueError, match=r"exactly 0 \(normal\) or 1.*0\.9"):
+        AnomalyDataset(torch.zeros(2, 1, 8, 8), torch.tensor([0.0, 0.9]))  # was read as 0
+    with pytest.raises(ValueError, match=r"float in \[0, 1\], got torch.uint8.*images.float\(\) / 255"):
+        AnomalyDataset(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"values from 0 to 255.*Divide 8-bit values by 255"):
+        AnomalyDataset(torch.arange(128.0).reshape(2, 1, 8, 8) * 255 / 127, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"channels-last.*images.permute\(0, 3, 1, 2\).float\(\) / 255"):
+        AnomalyDataset(torch.zeros(2, 32, 32, 3, dtype=torch.uint8), torch.tensor([0, 1]))  # read as 32 channels
+    with pytest.raises(ValueError, match="C = 1 \\(grey\\) or 3"):
+        AnomalyDataset(torch.zeros(2, 5, 8, 8), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="values from nan"):
+        AnomalyDataset(torch.full((2, 1, 8, 8), float("nan")), torch.tensor([0, 1]))
+    # float labels 0.0 / 1.0, float64 images and a rounding error of 1e-6 are fine
+    ds = AnomalyDataset(np.full((2, 3, 4, 4), 1 + 1e-6), np.array([0.0, 1.0]))
+    assert ds.labels.dtype == torch.long and ds.images.dtype == torch.float32 and ds.channels == 3
+
+
+@pytest.mark.parametrize("kwargs", [dict(n_train=-5), dict(n_train=0), dict(n_test_normal=0),
+                                    dict(n_test_anomalous=0), dict(n_train=2.5), dict(n_test_normal=True)])
+def test_counts_are_checked_at_the_call(kwargs):
+    name = next(iter(kwargs))
+    for loader in (load_digits, load_mnist):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number >= 1"):
+            loader(3, **kwargs)
+    with pytest.raises(ValueError, match="must be a whole number >= 1"):
+        load_textures("brick", **{("n_test_defective" if name == "n_test_anomalous" else name): kwargs[name]})
+
+
+def test_test_split_without_anomalies_is_an_error_at_load_time():
+    with pytest.raises(ValueError, match="needs normal AND anomalous"):
+        load_digits(list(range(10)))

@@ -305,3 +305,155 @@ def test_torchvision_errors(tmp_path):
     (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
     with pytest.raises(ValueError, match="corrupt"):
         load_torchvision("MNIST", tmp_path, 0)
+
+
+# --------------------------------------------------------------------------- hardening: silent wrong data
+
+def test_sixteen_bit_images_share_one_scale(tmp_path):
+    # each 16-bit image is divided by 65535, not by its own range: 200 and 1000 stay 1 : 5
+    save(tmp_path / "n" / "0.png", np.full((6, 10), 200, dtype=np.uint16))
+    save(tmp_path / "n" / "1.png", np.full((6, 10), 1000, dtype=np.uint16))
+    save(tmp_path / "a" / "0.png", np.full((6, 10), 0, dtype=np.uint16))
+    train, test = load_folder(tmp_path / "n", tmp_path / "a", size=None, require_masks=False, test_fraction=0.5)
+    values = sorted(float(v) for v in torch.cat([train.images, test.images]).amax(dim=(1, 2, 3)))
+    assert values == pytest.approx([0.0, 200 / 65535, 1000 / 65535], abs=1e-7)
+
+
+def test_exif_orientation_turns_image_and_mask_alike(folder):
+    # stored pixels: a bright 8 x 8 box top-left and its mask; EXIF orientation 6 shows it rotated
+    pixels = np.zeros((32, 32), dtype=np.uint8)
+    pixels[:8, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(folder / "bad" / "a0.jpg", exif=exif, quality=100)
+    save(folder / "bad" / "a0_mask.png", box_mask(0, 8, 0, 8, side=32))
+    for i in range(1, 3):  # the other anomalous images at the same size
+        save(folder / "bad" / f"a{i}.jpg", grey(200, side=32))
+        save(folder / "bad" / f"a{i}_mask.png", box_mask(0, 32, 0, 16, side=32))
+    _, test = load_folder(folder / "good", folder / "bad", size=32)
+    image, mask = test.images[2, 0], test.masks[2]
+    assert mask.sum() == 64
+    assert int(((image > 0.5) & (mask > 0)).sum()) == 64  # every defect pixel is on the box
+    assert mask[:8, 24:].all()  # rotated 90 degrees clockwise, as people see the photo
+
+
+def test_colour_and_transparent_masks(folder):
+    dark_red = np.zeros((S, S, 3), dtype=np.uint8)
+    dark_red[0:24, 0:12] = (120, 0, 0)
+    save(folder / "bad" / "a0_mask.png", dark_red)
+    rgba = np.zeros((S, S, 4), dtype=np.uint8)
+    rgba[..., :3] = 255  # a transparent white background ...
+    rgba[0:24, 0:12] = (255, 0, 0, 255)  # ... and an opaque red defect
+    save(folder / "bad" / "a1_mask.png", rgba, "RGBA")
+    _, test = load_folder(folder / "good", folder / "bad", size=16)
+    for m in test.masks[2:]:
+        assert m[:, :8].all() and m[:, 8:].sum() == 0
+
+
+def test_suspicious_masks_warn_once_per_data_set(folder):
+    for i in range(2):
+        save(folder / "bad" / f"a{i}_mask.png", np.zeros((S, S), dtype=np.uint8))  # empty
+    save(folder / "bad" / "a2_mask.png", 255 - box_mask(0, 4, 0, 4))  # inverted: the defect is black
+    with pytest.warns(UserWarning) as record:
+        load_folder(folder / "good", folder / "bad", size=16)
+    messages = [str(w.message) for w in record if "mask" in str(w.message)]
+    assert len(messages) == 2
+    assert "2 anomalous image(s) have an empty mask" in messages[0] and "a0_mask.png, bad/a1_mask.png" in messages[0]
+    assert "1 mask(s) mark more than half" in messages[1] and "bad/a2_mask.png" in messages[1]
+    assert "inverted" in messages[1]
+
+
+def test_decompression_bomb_is_too_large_not_corrupt(folder, monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 24 x 24 = 576 pixels: above twice the limit
+    with pytest.raises(ValueError, match=r"too large.*Image.MAX_IMAGE_PIXELS = None") as err:
+        load_folder(folder / "good", folder / "bad", size=8)
+    assert "corrupt" not in str(err.value)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # above the limit: PIL only warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(ValueError, match="too large"):
+            load_folder(folder / "good", folder / "bad", size=8)
+
+
+def test_hidden_folders_are_ignored_and_category_checked(mvtec):
+    save(mvtec / "bottle" / "test" / ".ipynb_checkpoints" / "000-checkpoint.png", rgb(10))
+    (mvtec / ".Trash" / "train").mkdir(parents=True)
+    _, test = load_mvtec(mvtec, "bottle", size=16)
+    assert test.kinds == ["good", "good", "broken", "broken", "crack"]
+    for bad in (None, "", "../bottle", 3):
+        with pytest.raises(ValueError, match="category must be the name of a category folder") as err:
+            load_mvtec(mvtec, bad)
+        assert "bottle" in str(err.value) and ".Trash" not in str(err.value)
+
+
+def test_mask_extensions_in_any_case(mvtec, folder):
+    gt = mvtec / "bottle" / "ground_truth" / "broken"
+    (gt / "001_mask.png").rename(gt / "001_mask.PNG")
+    _, test = load_mvtec(mvtec, "bottle", size=16)
+    assert test.masks[3, :8, :8].all()
+    (folder / "bad" / "a1_mask.png").rename(folder / "bad" / "a1_mask.PNG")
+    _, test = load_folder(folder / "good", folder / "bad", size=16)
+    assert len(test) == 5 and test.masks[3, :, :8].all()  # not an image, but a1.jpg's mask
+
+
+@pytest.mark.parametrize("size", ["64", 32.7, (16, 0), (16, 16, 3), True, -4])
+def test_bad_sizes_are_an_error(folder, mvtec, size):
+    with pytest.raises(ValueError, match=r"size must be a positive int.*got"):
+        load_folder(folder / "good", folder / "bad", size=size)
+    with pytest.raises(ValueError, match=r"size must be a positive int"):
+        load_mvtec(mvtec, "bottle", size=size)
+
+
+def test_torchvision_count_checks(tmp_path):
+    fake_mnist(tmp_path)
+    with pytest.raises(ValueError, match="n_train must be a whole number >= 1.*-5"):
+        load_torchvision("MNIST", tmp_path, 0, n_train=-5)
+    with pytest.raises(ValueError, match="n_test_anomalous must be"):
+        load_torchvision("MNIST", tmp_path, 0, n_test_anomalous=0)
+    with pytest.raises(ValueError, match="needs normal AND anomalous"):
+        load_torchvision("MNIST", tmp_path, list(range(10)))
+
+
+def test_loading_fills_one_preallocated_tensor(folder, monkeypatch):
+    # stacking a list of per-image tensors needs twice the data's memory (three times at its peak)
+    def no_stacking(*args, **kwargs):
+        raise AssertionError("the loader stacked a list of per-image tensors")
+    monkeypatch.setattr(torch, "stack", no_stacking)
+    monkeypatch.setattr(torch, "cat", no_stacking)
+    train, test = load_folder(folder / "good", folder / "bad", size=16)
+    assert train.images.shape == (8, 1, 16, 16) and test.masks.shape == (5, 16, 16)
+
+
+def test_loading_peak_memory_is_near_the_data_size(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    status = Path("/proc/self/status")
+    if not status.exists() or not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to measure the peak memory")
+    for i in range(48):
+        save(tmp_path / "n" / f"{i}.png", np.full((256, 256, 3), i, dtype=np.uint8))
+    for i in range(16):
+        save(tmp_path / "a" / f"{i}.png", np.full((256, 256, 3), 200, dtype=np.uint8))
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from anomaly_utils.loaders import load_folder
+def kb(key):
+    return int(next(line for line in open('/proc/self/status') if line.startswith(key)).split()[1]) * 1024
+load_folder({str(tmp_path / 'n')!r}, {str(tmp_path / 'a')!r}, size=32, require_masks=False)  # warm up imports
+open('/proc/self/clear_refs', 'w').write('5')  # the peak (VmHWM) restarts from here
+before = kb('VmRSS')
+train, test = load_folder({str(tmp_path / 'n')!r}, {str(tmp_path / 'a')!r}, size=256, require_masks=False)
+data = sum(d.images.nbytes + d.masks.nbytes for d in (train, test))
+print((kb('VmHWM') - before) / data)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if "clear_refs" in out.stderr:
+        pytest.skip("cannot reset the peak memory here")
+    assert out.returncode == 0, out.stderr
+    ratio = float(out.stdout.split()[-1])
+    assert ratio < 1.6, f"loading peaked at {ratio:.2f} x the data size"

@@ -5,6 +5,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import sklearn.metrics as skm
 import torch
 
@@ -99,7 +100,7 @@ def test_aupro_region_found_at_fpr_one_tenth():
     # PRO = 1/2 for FPR < 0.1, then 1: area (0.1 * 0.5 + 0.2 * 1) / 0.3
     expected = (0.1 * 0.5 + 0.2 * 1.0) / 0.3
     assert aupro(masks, maps) == pytest.approx(expected, abs=3e-3)
-    assert aupro(masks, maps, n_thresholds=3001) == pytest.approx(expected, abs=3e-4)
+    assert aupro(masks, maps) == pytest.approx(expected, abs=3e-4)  # exact: no threshold sampling
     # a smaller integration limit only sees the part where B is missed
     assert aupro(masks, maps, fpr_limit=0.05) == pytest.approx(0.5, abs=1e-6)
 
@@ -198,3 +199,106 @@ def test_shape_mismatch_is_a_clear_error():
         image_auroc([0, 1, 0, 1], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="one score per label"):
         f1_optimal_threshold([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+# --------------------------------------------------------------------------- hardening: exact AUPRO, NaN, precision
+
+def exact_aupro(masks, maps, fpr_limit=0.3):
+    """The definition, slowly: every distinct score is a threshold t; PRO(t) = mean over connected
+    regions (8-connectivity, per image) of the fraction of the region's pixels >= t; FPR(t) = the
+    fraction of normal pixels >= t. The curve starts at (0, 0) (as in MVTec's reference code), is
+    integrated with trapezoids up to fpr_limit (linear interpolation there) and divided by it."""
+    masks = np.asarray(masks) > 0.5
+    maps = np.asarray(maps, dtype=np.float64)
+    regions = []
+    for m, s in zip(masks, maps):
+        lab, n = scipy.ndimage.label(m, structure=np.ones((3, 3)))
+        regions += [s[lab == k] for k in range(1, n + 1)]
+    normal = maps[~masks]
+    fpr, pro = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        fpr.append(float((normal >= t).mean()))
+        pro.append(float(np.mean([(r >= t).mean() for r in regions])))
+    fpr, pro = np.array(fpr), np.array(pro)
+    end = np.interp(fpr_limit, fpr, pro) if fpr_limit not in fpr else pro[fpr <= fpr_limit][-1]
+    keep = fpr <= fpr_limit
+    x, y = np.r_[fpr[keep], fpr_limit], np.r_[pro[keep], end]
+    return float(np.trapezoid(y, x) / fpr_limit)
+
+
+def near_perfect_case(n_false_positives):
+    """A binary map equal to the mask, plus a few false-positive pixels among 13,456 normal ones."""
+    masks = np.zeros((1, 120, 120), dtype=bool)
+    masks[0, 30:50, 30:50] = True
+    masks[0, 80:96, 60:94] = True
+    maps = masks.astype(np.float32)
+    normal = np.flatnonzero(~masks.ravel())
+    assert len(normal) == 13_456
+    hits = np.random.default_rng(n_false_positives).choice(normal, n_false_positives, replace=False)
+    maps.ravel()[hits] = 1.0
+    return masks, maps
+
+
+@pytest.mark.parametrize("n_false_positives", [1, 5, 20])
+def test_aupro_of_near_perfect_binary_maps(n_false_positives):
+    # the old code sampled thresholds at FPR steps and never tried the top score: 0.1500
+    masks, maps = near_perfect_case(n_false_positives)
+    expected = exact_aupro(masks, maps)
+    assert expected > 0.997
+    assert aupro(masks, maps) == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_aupro_matches_the_exact_reference(seed):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((3, 24, 24), dtype=bool)
+    masks[0, 3:9, 4:12] = True
+    masks[0, 15:18, 15:17] = True
+    masks[1, 10:20, 2:5] = True
+    masks[1, 0, 23] = True  # a one-pixel region
+    continuous = rng.normal(size=masks.shape) + 1.5 * masks
+    tied = np.round(continuous * 2) / 2  # a few distinct values, many ties across both kinds
+    for maps in (continuous, tied, (continuous > 1).astype(float)):
+        for limit in (0.3, 0.05, 1.0):
+            assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(exact_aupro(masks, maps, limit), abs=1e-3)
+
+
+def test_aupro_on_two_million_pixels_is_fast():
+    rng = np.random.default_rng(2)
+    masks = np.zeros((8, 512, 512), dtype=bool)
+    masks[:, 100:160, 200:300] = True
+    masks[:, 300:310, 20:25] = True
+    maps = rng.random(masks.shape, dtype=np.float32) + 0.5 * masks
+    start = time.perf_counter()
+    value = aupro(masks, maps)
+    seconds = time.perf_counter() - start
+    assert 0.5 < value < 1
+    assert seconds < 20, f"aupro on 2M pixels took {seconds:.1f} s"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_metrics_reject_nan_scores(bad):
+    y, s = np.array([0, 1, 0, 1]), np.array([0.1, bad, 0.3, 0.4])
+    for fn in (image_auroc, roc_curve, f1_optimal_threshold):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            fn(y, s)
+    masks = np.zeros((2, 4, 4))
+    masks[1, :2, :2] = 1
+    maps = np.random.default_rng(0).random((2, 4, 4))
+    maps[0, 1, 2] = bad
+    for fn in (pixel_auroc, aupro):
+        with pytest.raises(ValueError, match=r"NaN or infinite.*index"):
+            fn(masks, maps)
+
+
+def test_pixel_metrics_keep_the_precision_of_the_maps():
+    # a 1e-4 signal on maps around 1e4: float32 rounds it away (spacing 1e-3 there)
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 32, 32))
+    masks[:, 8:16, 8:16] = 1
+    maps = 1e4 + 1e-4 * (rng.random(masks.shape) + 0.5 * masks)
+    expected = skm.roc_auc_score(masks.ravel(), maps.ravel())
+    assert expected > 0.6
+    assert pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-9)
+    assert aupro(masks, maps) == pytest.approx(exact_aupro(masks, maps), abs=1e-3)
+    assert aupro(masks, maps) > aupro(masks, maps.astype(np.float32)) + 0.05

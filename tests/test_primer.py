@@ -26,6 +26,7 @@ def test_zscore_finds_a_bright_square():
     test_images = 0.5 + 0.01 * torch.randn(4, 1, 8, 8)
     masks = torch.zeros(4, 8, 8)
     test_images[2:, :, 2:4, 2:4] += 0.5
+    test_images = test_images.clamp(0, 1)  # images are in [0, 1] (AnomalyDataset checks it)
     masks[2:, 2:4, 2:4] = 1
     test = AnomalyDataset(test_images, torch.tensor([0, 0, 1, 1]), masks)
     ev = evaluate(PixelZScoreDetector().fit(train), test)

@@ -1,6 +1,7 @@
 """profiles: the active profile, pick(), seeding and the checkpoint cache."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from anomaly_utils.profiles import config_key, get_device, get_profile, load_or_
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu"])
 def test_pick_follows_ad_profile(monkeypatch, profile):
     monkeypatch.setenv("AD_PROFILE", profile.upper() if profile == "gpu" else profile)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (AD_PROFILE=gpu without CUDA warns)
     assert get_profile() == profile
     assert pick(smoke=1, cpu=20, gpu=100) == {"smoke": 1, "cpu": 20, "gpu": 100}[profile]
 
@@ -84,7 +86,7 @@ def test_load_or_train_caches(cache):
     train_fn, calls = make_trainer()
     model, history, from_cache = load_or_train(torch.nn.Linear(2, 2), "demo", config, train_fn)
     assert not from_cache and calls == [1] and history == {"loss": [3.0, 2.0, 1.0]}
-    path = profiles.cache_path("demo", config)
+    path = profiles.cache_path("demo", config, model=model)  # the key includes the model's code
     assert path.parent == cache and path.exists()
     fresh = torch.nn.Linear(2, 2)
     again, history2, from_cache = load_or_train(fresh, "demo", config, train_fn)
@@ -111,3 +113,87 @@ def test_machine_description_names_cores_and_torch():
     from anomaly_utils.profiles import machine_description
     text = machine_description("cpu")
     assert f"{os.cpu_count()} cores" in text and f"torch {torch.__version__}" in text
+
+
+# --------------------------------------------------------------------------- hardening: the cache key and files
+
+def test_gpu_profile_without_cuda_warns(monkeypatch):
+    monkeypatch.setenv("AD_PROFILE", "gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="CUDA is not available.*slow.*AD_PROFILE=cpu"):
+        assert get_profile() == "gpu"
+
+
+def test_data_fingerprint_sees_every_pixel():
+    x = torch.rand(8, 1, 32, 32)
+    edited = x.clone()
+    edited[3, 0, 16, 16] += 1e-3
+    # what callers used before: name, count, shape and a rounded sum: blind to flips and small edits
+    old = lambda t: (len(t), list(t.shape[1:]), round(float(t.double().sum()), 1))  # noqa: E731
+    assert old(x) == old(x.flip(-1)) == old(edited)
+    fp = profiles.data_fingerprint
+    assert fp(x) == fp(x.clone()) and len(fp(x)) == 40
+    assert len({fp(x), fp(x.flip(-1)), fp(edited), fp(x.double()), fp(x.reshape(8, 32, 32))}) == 5
+    assert fp(x.numpy()) == fp(np.ascontiguousarray(x.numpy()))
+
+
+def test_config_key_hashes_arrays_exactly():
+    x = torch.rand(4, 1, 64, 64)  # printed with '...': default=str saw only the corners
+    edited = x.clone()
+    edited[2, 0, 30, 30] += 0.01
+    assert config_key({"data": x}) == config_key({"data": x.clone()})
+    assert config_key({"data": x}) != config_key({"data": edited})
+    assert config_key({"a": [1, {"b": x.numpy()}]}) != config_key({"a": [1, {"b": edited.numpy()}]})
+    assert config_key({"data": x}) != config_key({"data": x.flip(-1)})
+
+
+class Doubler(torch.nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_cache_key_includes_the_models_code(cache):
+    train_fn, calls = make_trainer()
+    load_or_train(torch.nn.Linear(2, 2), "demo", {}, train_fn)
+    _, _, from_cache = load_or_train(Doubler(2, 2), "demo", {}, train_fn)  # same weights' shapes, other code
+    assert not from_cache and len(calls) == 2
+    _, _, from_cache = load_or_train(Doubler(2, 2), "demo", {}, train_fn)
+    assert from_cache and len(calls) == 2
+    assert "2 * super().forward(x)" in profiles.model_source(Doubler(2, 2))
+
+
+@pytest.mark.parametrize("name", ["a/b", "../outside", ".hidden", "", "sp ace"])
+def test_bad_cache_names_fail_before_training(cache, name):
+    train_fn, calls = make_trainer()
+    with pytest.raises(ValueError, match="not a plain file name"):
+        load_or_train(torch.nn.Linear(2, 2), name, {}, train_fn)
+    assert calls == []
+
+
+@pytest.mark.parametrize("keep", [0, 100])
+def test_truncated_cache_file_is_named_and_retrained(cache, keep):
+    train_fn, calls = make_trainer()
+    model, _, _ = load_or_train(torch.nn.Linear(2, 2), "demo", {}, train_fn)
+    path = profiles.cache_path("demo", {}, model=model)
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.warns(UserWarning, match=re.escape(f"cache file '{path}' cannot be read") + ".*Training again"):
+        _, _, from_cache = load_or_train(torch.nn.Linear(2, 2), "demo", {}, train_fn)
+    assert not from_cache and len(calls) == 2
+    _, _, from_cache = load_or_train(torch.nn.Linear(2, 2), "demo", {}, train_fn)  # the file was replaced
+    assert from_cache and len(calls) == 2
+
+
+def test_two_writers_of_one_key_do_not_collide(cache, monkeypatch):
+    # another process saves the same key while this one is saving: each needs its own temporary file
+    real_save, train_fn, _ = torch.save, *make_trainer()
+    state = {"nested": False}
+
+    def save_while_another_saves(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if not state["nested"]:
+            state["nested"] = True
+            load_or_train(torch.nn.Linear(2, 2), "demo", {}, train_fn, use_cache=False)
+
+    monkeypatch.setattr(torch, "save", save_while_another_saves)
+    _, _, from_cache = load_or_train(torch.nn.Linear(2, 2), "demo", {}, train_fn)
+    assert not from_cache and [p.suffix for p in cache.iterdir()] == [".pt"]
