@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup lab test unit notebooks course bench export lint clean
+.PHONY: setup lab test unit notebooks course bench export mvtec lint clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ bench: setup          ## time fit and inference of every method, write results/b
 
 export: setup         ## copy #@save cells of the notebooks into anomaly_utils/lessons/
 	$(PY) -m anomaly_utils.export
+
+mvtec: setup          ## download MVTec AD (needs internet; CATEGORIES="bottle carpet" for some) into data/downloads/
+	$(PY) -m anomaly_utils.download mvtec $(if $(CATEGORIES),--categories $(CATEGORIES))
 
 lint: setup
 	$(VENV)/bin/ruff check anomaly_utils tests notebooks
