@@ -64,8 +64,8 @@ def scratch(image: torch.Tensor, rng, photo=None):
     p1 = (p0 + p2) / 2 + rng.normal(0, 0.06 * s, 2)  # control point bends the line
     t = np.linspace(0, 1, 4 * s)[:, None]
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # quadratic Bezier
-    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(2.5, 4.0)))
-    target = rng.uniform(0.0, 0.08) if rng.random() < 0.7 else rng.uniform(0.92, 1.0)
+    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(4.0, 6.0)))
+    target = image * 0.3 if rng.random() < 0.7 else 0.4 + 0.6 * image  # darker or lighter, grain kept
     return _blend(image, target, 0.9 * profile), torch.from_numpy(mask.astype(np.float32))
 
 
@@ -74,12 +74,12 @@ def hole(image: torch.Tensor, rng, photo=None):
     s = image.shape[-1]
     yy, xx = _grid(s)
     cy, cx = rng.uniform(0.2 * s, 0.8 * s, 2)
-    radius = rng.uniform(0.08, 0.12) * s
+    radius = rng.uniform(0.14, 0.2) * s
     r = np.hypot(yy - cy, xx - cx) / radius + 0.25 * _smooth_noise(s, rng, scale=max(2.0, radius))
     inside = np.clip((1.0 - r) / 0.15 + 0.5, 0, 1)
     rim = np.clip(1 - np.abs(r - 1.15) / 0.15, 0, 1) * (1 - inside)
-    out = _blend(image, image * 0.1, inside)  # nearly black inside, a trace of the grain kept
-    out = _blend(out, 0.95, 0.8 * rim)
+    out = _blend(image, image * 0.25, inside)  # dark inside, the grain kept
+    out = _blend(out, 0.85, 0.6 * rim)
     return out, torch.from_numpy((inside > 0.5).astype(np.float32))
 
 
@@ -88,45 +88,47 @@ def stain(image: torch.Tensor, rng, photo=None):
     s = image.shape[-1]
     yy, xx = _grid(s)
     cy, cx = rng.uniform(0.25 * s, 0.75 * s, 2)
-    ry, rx = rng.uniform(0.11, 0.18, 2) * s
+    ry, rx = rng.uniform(0.12, 0.2, 2) * s
     theta = rng.uniform(0, np.pi)
     dy, dx = yy - cy, xx - cx
     u = (dy * np.cos(theta) + dx * np.sin(theta)) / ry
     v = (-dy * np.sin(theta) + dx * np.cos(theta)) / rx
     r = np.sqrt(u**2 + v**2) + 0.3 * _smooth_noise(s, rng, scale=max(ry, rx))  # ragged edge
     alpha = np.clip((1 - r) / 0.2 + 0.5, 0, 1)
-    level = float(image.mean()) + rng.choice([-1, 1]) * rng.uniform(0.25, 0.4)
-    out = _blend(image, float(np.clip(level, 0.05, 0.95)), 0.95 * alpha)
+    level = float(image.mean()) + rng.choice([-1, 1]) * rng.uniform(0.2, 0.3)
+    out = _blend(image, float(np.clip(level, 0.1, 0.9)), 0.9 * alpha)
     return out, torch.from_numpy((alpha > 0.5).astype(np.float32))
 
 
 def thread(image: torch.Tensor, rng, photo=None):
     """A loose thread: a long, thin, wavy fibre across the crop, lighter or darker than the texture."""
     s = image.shape[-1]
-    start = rng.uniform(0.1 * s, 0.9 * s, 2)
+    centre = rng.uniform(0.35 * s, 0.65 * s, 2)  # the thread crosses the middle of the crop
     angle = rng.uniform(0, 2 * np.pi)
-    t = np.linspace(0, rng.uniform(0.7, 1.0) * s, 4 * s)
+    length = rng.uniform(0.6, 0.9) * s
+    t = np.linspace(-length / 2, length / 2, 4 * s)
     direction, normal = np.array([np.sin(angle), np.cos(angle)]), np.array([np.cos(angle), -np.sin(angle)])
     wave = rng.uniform(0.05, 0.1) * s * np.sin(2 * np.pi * t / (rng.uniform(0.2, 0.4) * s) + rng.uniform(0, 6))
-    curve = start + t[:, None] * direction + wave[:, None] * normal
+    curve = centre + t[:, None] * direction + wave[:, None] * normal
     curve = curve[(curve >= 0).all(1) & (curve <= s - 1).all(1)]
-    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(1.5, 2.5)))
-    target = rng.uniform(0.9, 1.0) if rng.random() < 0.6 else rng.uniform(0.0, 0.1)
-    return _blend(image, target, 0.95 * profile), torch.from_numpy(mask.astype(np.float32))
+    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(3.0, 4.5)))
+    level = float(image.mean()) + rng.choice([-1, 1]) * 0.35
+    return _blend(image, float(np.clip(level, 0.05, 0.95)), 0.9 * profile), torch.from_numpy(mask.astype(np.float32))
 
 
 def cutpaste(image: torch.Tensor, rng, photo=None):
     """Foreign material: a patch of *another* texture photo, rotated, with this crop's mean and contrast.
 
-    ``photo`` is the photo the crop came from; the patch is cut from one of the other textures.
+    ``photo`` is the photo the crop came from; the patch is cut from a texture of another kind.
     """
-    from .data import TEXTURE_CATEGORIES, texture_photo
+    from .data import texture_photo
 
     s = image.shape[-1]
-    ph = rng.integers(max(3, int(0.25 * s)), max(4, int(0.4 * s)) + 1)
-    pw = rng.integers(max(3, int(0.25 * s)), max(4, int(0.4 * s)) + 1)
-    others = [c for c in TEXTURE_CATEGORIES if photo is None or not np.array_equal(texture_photo(c), photo)]
-    source = texture_photo(others[rng.integers(len(others))])
+    ph = rng.integers(max(3, int(0.3 * s)), max(4, int(0.45 * s)) + 1)
+    pw = rng.integers(max(3, int(0.3 * s)), max(4, int(0.45 * s)) + 1)
+    # brick's regular courses in grass or gravel; grass or gravel in brick (or in an unknown photo)
+    host_is_brick = photo is None or np.array_equal(photo, texture_photo("brick"))
+    source = texture_photo(str(rng.choice(["grass", "gravel"])) if host_is_brick else "brick")
     scale = max(1, round(128 / s))  # cut at about the crops' scale (a 128-px crop resized to s)
     sy, sx = rng.integers(0, source.shape[0] - ph * scale), rng.integers(0, source.shape[1] - pw * scale)
     patch = source[sy:sy + ph * scale:scale, sx:sx + pw * scale:scale]

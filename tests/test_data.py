@@ -91,21 +91,33 @@ def test_dataset_checks_and_subsets():
 
 # --------------------------------------------------------------------------- textures
 
-def test_texture_regions_do_not_overlap():
-    used = np.zeros((512, 512), dtype=int)
-    for rs, cs in data._REGIONS.values():
-        used[rs, cs] += 1
-    assert used.max() == 1
-    # no pixel of the training region is in the val or test region, not even as a neighbour
-    train = np.zeros((512, 512), dtype=bool)
-    train[data._REGIONS["train"]] = True
+def tile_masks() -> dict:
+    """``{split: bool [512, 512]}``: the pixels each split's tiles cover."""
+    masks = {}
+    for split, tiles in data.TEXTURE_TILES.items():
+        m = np.zeros((512, 512), dtype=bool)
+        for r, c in tiles:
+            y, x = r * (data.TILE + data.GAP), c * (data.TILE + data.GAP)
+            m[y:y + data.TILE, x:x + data.TILE] = True
+        masks[split] = m
+    return masks
+
+
+def test_texture_tiles_do_not_touch_and_cover_the_photo():
+    masks = tile_masks()
+    assert sum(m.astype(int) for m in masks.values()).max() == 1
+    # no pixel of the training tiles is in, or next to, a val or test tile
     for split in ("val", "test"):
-        other = np.zeros((512, 512), dtype=bool)
-        other[data._REGIONS[split]] = True
-        grown = np.zeros_like(other)
-        grown[:, 1:] |= other[:, :-1]
-        grown[:, :-1] |= other[:, 1:]
-        assert not (train & (other | grown)).any()
+        grown = masks[split].copy()
+        grown[:, 1:] |= masks[split][:, :-1]
+        grown[:, :-1] |= masks[split][:, 1:]
+        grown[1:] |= masks[split][:-1]
+        grown[:-1] |= masks[split][1:]
+        assert not (masks["train"] & grown).any()
+    # every split reaches into both halves of the photo, left/right and top/bottom (interleaved, not one side each)
+    for m in masks.values():
+        assert m[:256].any() and m[256:].any() and m[:, :256].any() and m[:, 256:].any()
+    assert masks["train"].sum() > masks["val"].sum() + masks["test"].sum()
 
 
 def occurs_in(crop: np.ndarray, region: np.ndarray) -> bool:
@@ -123,18 +135,20 @@ def occurs_in(crop: np.ndarray, region: np.ndarray) -> bool:
 
 
 @pytest.mark.parametrize("split", ["test", "val"])
-def test_texture_crops_come_from_their_own_region(split):
+def test_texture_crops_come_from_their_own_tiles(split):
     train, test = load_textures("gravel", size=32, crop=32, n_train=6, n_test_normal=4, n_test_defective=4,
                                 split=split)
     photo = data.texture_photo("gravel")
-    train_region, eval_region = photo[data._REGIONS["train"]], photo[data._REGIONS[split]]
+    masks = tile_masks()
+    own = np.where(masks[split], photo, -1.0)  # pixels outside the split's tiles can never match
+    train_only = np.where(masks["train"], photo, -1.0)
     for img in train.images[:, 0].numpy():
-        assert occurs_in(img, train_region) and not occurs_in(img, eval_region)
+        assert occurs_in(img, train_only) and not occurs_in(img, own)
     for img in test.normal().images[:, 0].numpy():
-        assert occurs_in(img, eval_region) and not occurs_in(img, train_region)
+        assert occurs_in(img, own) and not occurs_in(img, train_only)
     # a defective crop is no longer a verbatim piece of the photo
     for img in test.images[test.labels == 1][:, 0].numpy():
-        assert not occurs_in(img, eval_region)
+        assert not occurs_in(img, own)
 
 
 @pytest.mark.parametrize("category", data.TEXTURE_CATEGORIES)
@@ -172,6 +186,8 @@ def test_texture_errors():
         load_textures("brick", split="train")
     with pytest.raises(ValueError, match="crop=300"):
         load_textures("brick", crop=300)
+    with pytest.raises(ValueError, match="crop=161"):
+        load_textures("brick", crop=161)
 
 
 # --------------------------------------------------------------------------- hardening: checks at the door

@@ -100,3 +100,21 @@ def defects_photo():
 
 def test_defect_module_lists_every_family():
     assert set(defects._TEST) == set(TEST_FAMILIES)
+
+
+@pytest.mark.parametrize("family", TEST_FAMILIES)
+@pytest.mark.parametrize("category", ["brick", "grass", "gravel"])
+def test_test_defects_are_visible(family, category):
+    """Visible to a person at 128 px: a clear change of grey level or structure over a region, not a faint trace."""
+    from anomaly_utils.data import texture_photo
+
+    photo = texture_photo(category)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        image = torch.from_numpy(photo[200:328, 200:328].copy())
+        out, mask = apply_defect(family, image, photo, rng)
+        m = mask.bool()
+        assert int(m.sum()) >= 150  # at least ~12 x 12 pixels of defect at 128 px
+        changed = (out - image).abs()[m]
+        assert float(changed.mean()) > 0.1  # the defect changes its pixels by a tenth of the range on average
+
