@@ -103,3 +103,40 @@ def test_train_dcgan_history_is_finite():
     assert len(h["loss_d"]) == 2 and len(h["snapshots"]) == 2
     assert all(torch.isfinite(torch.tensor(h[k])).all() for k in ("loss_d", "loss_g"))
     assert not G.training and not D.training  # returned in eval mode, ready for the search
+
+
+def _conv_and_bn(module):
+    convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    return convs, bns
+
+
+@pytest.mark.parametrize("make", [lambda: Generator(32, 64, 1, 16), lambda: Discriminator(32, 1, 16)])
+def test_dcgan_initialisation(make):
+    # DCGAN / official GANomaly weights_init: conv ~ N(0, 0.02), batch norm weight ~ N(1, 0.02), bias 0.
+    # PyTorch's default would fail: Kaiming-uniform convs (std ~0.03-0.14 here) and batch norm weight exactly 1.
+    torch.manual_seed(0)
+    convs, bns = _conv_and_bn(make())
+    assert convs and bns
+    w = torch.cat([m.weight.flatten() for m in convs])
+    assert abs(w.mean().item()) < 0.002 and w.std().item() == pytest.approx(0.02, rel=0.1)
+    gamma = torch.cat([m.weight for m in bns])
+    assert gamma.mean().item() == pytest.approx(1.0, abs=0.01) and gamma.std().item() == pytest.approx(0.02, rel=0.3)
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bns)
+
+
+def test_dcgan_weights_init_by_hand():
+    from anomaly_utils.lessons.anogan import dcgan_weights_init
+
+    torch.manual_seed(0)
+    conv, bn, lin = nn.Conv2d(64, 64, 4, bias=True), nn.BatchNorm2d(4096), nn.Linear(3, 3)
+    for m in (conv, bn):
+        nn.init.constant_(m.weight, 5.0), nn.init.constant_(m.bias, 5.0)
+    lin_before = lin.weight.clone()
+    for m in (conv, bn, lin):
+        dcgan_weights_init(m)
+    assert conv.weight.std().item() == pytest.approx(0.02, rel=0.05) and abs(conv.weight.mean().item()) < 0.001
+    assert torch.equal(conv.bias, torch.zeros(64))
+    assert bn.weight.mean().item() == pytest.approx(1.0, abs=0.002) and bn.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.equal(bn.bias, torch.zeros(4096))
+    assert torch.equal(lin.weight, lin_before)  # other layers are left alone

@@ -79,3 +79,52 @@ def test_detector_interface_and_scores():
     assert torch.allclose(s["latent"], (z - z_hat).pow(2).mean(1), atol=1e-6)
     assert torch.allclose(det.predict(images)[0], score)
     assert s["contextual"].shape == (5,) and s["x_hat"].shape == (5, 1, 28, 28)
+
+
+def test_generator_has_dcgan_initialisation():
+    torch.manual_seed(0)
+    G = GANomalyGenerator(32, nz=100, nc=1, ngf=16)
+    w = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))])
+    assert w.std().item() == pytest.approx(0.02, rel=0.1)  # PyTorch's default conv init is ~2-7x wider here
+    gamma = torch.cat([m.weight for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert gamma.std().item() == pytest.approx(0.02, rel=0.3)  # the default is exactly 1 (std 0)
+
+
+class _ConstantD(torch.nn.Module):
+    """A 'discriminator' whose logit is a constant c for every image (features: the image)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.tensor(float(c)))
+
+    def forward(self, x):
+        return self.c.expand(len(x)), x
+
+
+def test_discriminator_loss_is_halved_as_in_the_official_code():
+    import math
+
+    x = torch.rand(4, 1, 32, 32)
+    # logit 0: BCE(real) = BCE(fake) = log 2; the official (BCE_real + BCE_fake) * 0.5 = log 2, not 2 log 2
+    assert discriminator_loss(_ConstantD(0.0), x, x).item() == pytest.approx(math.log(2), rel=1e-6)
+    # logit 2: BCE(real) = log(1 + e^-2), BCE(fake) = log(1 + e^2)
+    expected = 0.5 * (math.log1p(math.exp(-2)) + math.log1p(math.exp(2)))
+    assert discriminator_loss(_ConstantD(2.0), x, x).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_discriminator_reset_uses_dcgan_initialisation():
+    from anomaly_utils.lessons.ganomaly import reset_if_won
+
+    D = Discriminator(32, 1, 16)
+    for p in D.parameters():
+        torch.nn.init.constant_(p, 5.0)
+    assert reset_if_won(D, 1e-3) is False  # D has not won: untouched
+    assert all(torch.all(p == 5.0) for p in D.parameters())
+    torch.manual_seed(0)
+    assert reset_if_won(D, 1e-6) is True  # loss below 1e-5: D starts afresh, DCGAN-style
+    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in D.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    w = torch.cat([m.weight.flatten() for m in convs])
+    assert w.std().item() == pytest.approx(0.02, rel=0.1)
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bns)
+    assert torch.cat([m.weight for m in bns]).mean().item() == pytest.approx(1.0, abs=0.01)

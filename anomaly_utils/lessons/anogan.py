@@ -24,6 +24,22 @@ def crop_to(maps: torch.Tensor, size: int) -> torch.Tensor:
     return maps[..., p // 2:p // 2 + size, p // 2:p // 2 + size] if p > 0 else maps
 
 
+def dcgan_weights_init(module: nn.Module) -> None:
+    """DCGAN's initialisation (Radford et al., 2016), for ``model.apply(dcgan_weights_init)``.
+
+    (Transposed) convolutions: weights ~ N(0, 0.02); batch norm: weight ~ N(1, 0.02), bias = 0.
+    PyTorch's default (Kaiming-uniform convolutions, batch-norm weight 1) is not what DCGAN,
+    AnoGAN-style DCGANs or GANomaly's official code (its ``weights_init``) train from.
+    """
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
 def dcgan_encoder(isize: int, nc: int, ndf: int, n_out: int) -> nn.Sequential:
     """DCGAN's convolutional pyramid: ``[N, nc, isize, isize] -> [N, n_out, 1, 1]``.
 
@@ -59,6 +75,7 @@ class Generator(nn.Module):
         super().__init__()
         self.nz = nz
         self.net = dcgan_decoder(isize, nz, nc, ngf)
+        self.apply(dcgan_weights_init)  # DCGAN's initialisation, as in the official DCGAN / GANomaly code
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z.view(len(z), -1, 1, 1))
@@ -76,6 +93,7 @@ class Discriminator(nn.Module):
         net = dcgan_encoder(isize, nc, ndf, 1)
         self.features = net[:-1]  # f_D(x)
         self.classifier = net[-1]  # one 4x4 conv -> the logit of "real"
+        self.apply(dcgan_weights_init)
 
     def forward(self, x: torch.Tensor):
         f = self.features(x)

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from anomaly_utils.lessons.anogan import Discriminator, crop_to, dcgan_decoder, dcgan_encoder, pad_to
+from anomaly_utils.lessons.anogan import (Discriminator, crop_to, dcgan_decoder, dcgan_encoder,
+                                          dcgan_weights_init, pad_to)
 
 
 class GANomalyGenerator(nn.Module):
@@ -25,6 +26,7 @@ class GANomalyGenerator(nn.Module):
         self.encoder1 = dcgan_encoder(isize, nc, ngf, nz)  # G_E
         self.decoder = dcgan_decoder(isize, nz, nc, ngf)  # G_D
         self.encoder2 = dcgan_encoder(isize, nc, ngf, nz)  # E
+        self.apply(dcgan_weights_init)  # N(0, 0.02) convolutions, N(1, 0.02) batch norm (official weights_init)
 
     def forward(self, x: torch.Tensor):
         z = self.encoder1(x)  # z = G_E(x): [N, nz, 1, 1]
@@ -50,10 +52,22 @@ def generator_losses(D, x, x_hat, z, z_hat, w_adv: float = 1.0, w_con: float = 5
 
 
 def discriminator_loss(D, x, x_hat) -> torch.Tensor:
-    """Binary cross-entropy: real images x -> 1, reconstructions x_hat -> 0 (x_hat detached)."""
+    """L_D = (BCE(D(x), 1) + BCE(D(x_hat), 0)) / 2, as in the official code; x_hat is detached."""
     logit_real, logit_fake = D(x)[0], D(x_hat.detach())[0]
-    return (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
-            + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
+    return 0.5 * (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+                  + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
+
+
+def reset_if_won(D, loss_d: float, threshold: float = 1e-5) -> bool:
+    """Re-initialise D with DCGAN's ``dcgan_weights_init`` if its loss fell below ``threshold``.
+
+    The official code does this after every D step: a D that separates x from x_hat perfectly gives
+    the generator no useful feature-matching signal, so it starts afresh. Returns whether it did.
+    """
+    if loss_d >= threshold:
+        return False
+    D.apply(dcgan_weights_init)
+    return True
 
 
 def train_ganomaly(G, D, images: torch.Tensor, epochs: int = 15, batch_size: int = 64, lr: float = 2e-4,
@@ -82,11 +96,7 @@ def train_ganomaly(G, D, images: torch.Tensor, epochs: int = 15, batch_size: int
             opt_g.zero_grad(), losses["loss"].backward(), opt_g.step()
             loss_d = discriminator_loss(D, x, x_hat)
             opt_d.zero_grad(), loss_d.backward(), opt_d.step()
-            if loss_d.item() < 1e-5:  # D has won: start it afresh (official code)
-                for m in D.modules():
-                    if hasattr(m, "reset_parameters"):
-                        m.reset_parameters()
-                history["d_resets"] += 1
+            history["d_resets"] += reset_if_won(D, loss_d.item())  # D has won: start it afresh (official code)
             for k in ("loss", "adv", "con", "enc"):
                 sums[k] += losses[k].item() / len(batches)
             sums["loss_d"] += loss_d.item() / len(batches)
