@@ -12,9 +12,11 @@ from anomaly_utils.lessons.autoencoders import (
     box_blur,
     elbo_terms,
     gaussian_window,
+    piped_config,
     ssim,
     ssim_loss,
     ssim_map,
+    texture_config,
 )
 
 
@@ -137,3 +139,34 @@ def test_detector_fit_predict(loss):
 def test_unknown_loss_is_rejected():
     with pytest.raises(ValueError):
         ReconstructionDetector("l1")
+
+
+def test_ssim_of_constant_images_by_hand():
+    # constant patches: variances and covariance are 0, so the contrast-structure term is C2 / C2 = 1 and
+    # SSIM = (2ab + C1) / (a^2 + b^2 + C1) = (0.25 + 1e-4) / (0.3125 + 1e-4) for a = 0.5, b = 0.25
+    x, y = torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16), 0.25)
+    expected = (0.25 + 1e-4) / (0.3125 + 1e-4)
+    assert torch.allclose(ssim_map(x, y, window_size=7), torch.full_like(x, expected), atol=1e-6)
+
+
+def test_ssim_map_on_rgb_is_per_channel():
+    x, y = _images(1, 32, 0).expand(-1, 3, -1, -1).clone(), _images(1, 32, 1).expand(-1, 3, -1, -1).clone()
+    y[:, 1] = x[:, 1]  # the green channel identical, the others not
+    m = ssim_map(x, y, window_size=7)
+    assert m.shape == (1, 3, 32, 32)
+    assert torch.allclose(m[:, 1], torch.ones_like(m[:, 1]), atol=1e-5)
+    assert torch.allclose(m[:, 0], ssim_map(x[:, :1], y[:, :1], window_size=7)[:, 0])
+
+
+def test_configs_are_the_ones_lessons_06_and_09_rebuild(monkeypatch):
+    # lesson 09 hard-codes the texture autoencoders' cpu configuration: the cache keys must match
+    monkeypatch.setenv("AD_PROFILE", "cpu")
+    cfg = texture_config()
+    assert {k: cfg[k] for k in ("size", "epochs", "width", "latent_dim", "window_size", "batch_size", "lr",
+                                "vae_sigma", "score_blur")} == dict(size=64, epochs=40, width=16, latent_dim=64,
+                                                                     window_size=7, batch_size=32, lr=1e-3,
+                                                                     vae_sigma=0.1, score_blur=5)
+    p = piped_config()
+    assert p["size"] == 64 and len(p["categories"]) == 3
+    monkeypatch.setenv("AD_PROFILE", "smoke")
+    assert texture_config()["epochs"] == 1

@@ -73,3 +73,43 @@ def test_detector_interface(ae):
         scores, maps = det.predict(_images(3, seed=4))
     assert scores.shape == (3,) and maps.shape == (3, 32, 32)
     assert torch.isfinite(scores).all() and (maps >= 0).all()
+
+
+class _ConstantAE:
+    """A stand-in autoencoder with f(x) = c everywhere and L_r(x) = ||x - c||^2: every step can be done by hand."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, c):
+        self.c = c
+
+    def reconstruction_loss(self, x):
+        x_hat = torch.full_like(x, self.c)
+        return (x - x_hat).pow(2).flatten(1).sum(1), x_hat
+
+
+def test_energy_by_hand():
+    # x_t = 0.5, x_0 = 0.4, f = 0.2 on a 2 x 2 image, lambda = 1:
+    # E = 4 * (0.5 - 0.2)^2 + 1 * 4 * |0.5 - 0.4| = 0.36 + 0.4 = 0.76
+    proj = GradientProjection(_ConstantAE(0.2), lam=1.0)
+    e, _ = proj.energy(torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), 0.4))
+    assert torch.allclose(e, torch.tensor([0.76]))
+
+
+def test_step_by_hand_weighted_unweighted_and_inpainting():
+    # dE/dx = 2 (x - f) + lambda sign(x - x_0) = 2 * 0.3 + 1 = 1.6 at every pixel
+    x_t, x_0 = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), 0.4)
+    ae = _ConstantAE(0.2)
+    # Dehaene et al.'s step: x - alpha * dE/dx * (x - f)^2 = 0.5 - 1 * 1.6 * 0.09 = 0.356
+    weighted = GradientProjection(ae, lam=1.0, alpha=1.0).step(x_t, x_0)
+    assert torch.allclose(weighted, torch.full_like(x_t, 0.356))
+    # plain gradient descent: 0.5 - 0.1 * 1.6 = 0.34
+    plain = GradientProjection(ae, lam=1.0, alpha=0.1, weighted=False).step(x_t, x_0)
+    assert torch.allclose(plain, torch.full_like(x_t, 0.34))
+    # inpainting: the same plain step inside Omega, nothing outside
+    omega = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    inpainted = GradientProjection(ae, lam=1.0, alpha=0.1).step(x_t, x_0, omega)
+    assert torch.allclose(inpainted, torch.tensor([[[[0.34, 0.5], [0.5, 0.34]]]]))
+    # the step is clipped to [0, 1]: 0.5 - 10 * 1.6 < 0
+    assert torch.equal(GradientProjection(ae, lam=1.0, alpha=10.0, weighted=False).step(x_t, x_0),
+                       torch.zeros_like(x_t))

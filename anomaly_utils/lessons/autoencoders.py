@@ -4,6 +4,37 @@ Edit the notebook's `#@save` cells instead, then run `make export`.
 """
 # ruff: noqa
 
+from anomaly_utils import pick
+from anomaly_utils.data import TEXTURE_CATEGORIES
+
+
+def texture_config() -> dict:
+    """Lesson 05's autoencoders on the textures in the active profile (lessons 06 and 09 build the same)."""
+    cfg = pick(
+        smoke=dict(size=32, n_train=32, n_test=10, epochs=1, width=8, latent_dim=16, window_size=7,
+                   categories=("brick",)),
+        cpu=dict(size=64, n_train=200, n_test=50, epochs=40, width=16, latent_dim=64, window_size=7,
+                 categories=TEXTURE_CATEGORIES),
+        gpu=dict(size=128, n_train=1000, n_test=100, epochs=100, width=32, latent_dim=100, window_size=11,
+                 categories=TEXTURE_CATEGORIES),
+    )
+    cfg.update(batch_size=32, lr=1e-3, vae_sigma=0.1, score_blur=5)  # the same in every profile
+    return cfg
+
+
+def piped_config() -> dict:
+    """Lesson 05's autoencoders on PIPED (RGB paper patches resized to ``size``) in the active profile."""
+    cfg = pick(
+        smoke=dict(size=32, epochs=2, width=8, latent_dim=16, window_size=7, categories=("PA_BDP01_TL",)),
+        cpu=dict(size=64, epochs=150, width=16, latent_dim=64, window_size=7,
+                 categories=("PA_BDP01_TL", "PA_FVN01_TL", "PA_GLA01_TL")),
+        gpu=dict(size=128, epochs=1000, width=32, latent_dim=100, window_size=11,
+                 categories=("PA_BDP01_TL", "PA_FVN01_TL", "PA_GLA01_TL")),
+    )
+    cfg.update(batch_size=16, lr=1e-3, vae_sigma=0.1, score_blur=5)
+    return cfg
+
+
 import torch
 import torch.nn.functional as F
 
