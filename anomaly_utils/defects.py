@@ -159,7 +159,9 @@ def apply_defect(family: str, image: torch.Tensor, photo=None, rng=None):
 
 def confetti_noise(images: torch.Tensor, n_blobs: int = 12, size_range=(0.03, 0.12),
                    strength_range=(0.15, 0.6), generator: torch.Generator | None = None):
-    """FCDD's confetti noise: small rectangles of random intensity added to the images.
+    """A simple confetti variant: ``n_blobs`` small axis-aligned rectangles of random grey value, added
+    to or subtracted from the images, not blurred. *Not* the official FCDD recipe (see
+    ``fcdd_confetti_noise``); kept as a weaker, more local pseudo-anomaly to compare with.
 
     Args:
         images: ``[N, C, H, W]`` in [0, 1].
@@ -180,6 +182,82 @@ def confetti_noise(images: torch.Tensor, n_blobs: int = 12, size_range=(0.03, 0.
             out[i, :, y:y + bh, x:x + bw] += sign * value
             masks[i, y:y + bh, x:x + bw] = 1
     return out.clamp(0, 1), masks
+
+
+def _poisson_at_least_one(rate: float, generator):
+    """A Poisson(rate) count, redrawn while it is 0 (FCDD's ``ensureblob``: every noisy image has a blob).
+
+    After 100 zeros (a tiny rate) it returns 1, the limit of the conditioned count as rate -> 0.
+    """
+    for _ in range(100):
+        k = int(torch.poisson(torch.tensor([float(rate)]), generator=generator).item())
+        if k > 0:
+            return k
+    return 1
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``[N, C, H, W]`` (kernel radius 2.5 sigma, zero padding)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(round(2.5 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    c = x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), padding=(r, 0), groups=c)
+    return F.conv2d(x, g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), padding=(0, r), groups=c)
+
+
+def fcdd_confetti_noise(images: torch.Tensor, generator: torch.Generator | None = None,
+                        blobs_per_image=(0.9, 0.6), size_range=(8 / 224, 54 / 224), rotation: float = 45.0,
+                        blur_sigma: float = 5 / 224, invert_threshold: float = 0.025):
+    """Confetti noise following the recipe of FCDD's official code (noise mode ``"confetti"``), for [0, 1] images.
+
+    Per image, two layers of square blobs: *coloured* ones (one random colour per blob; a random grey on
+    1-channel images) and *white* ones (value 1). The number of blobs of each layer is Poisson with mean
+    ``blobs_per_image`` (the official per-pixel rates 1.8e-5 and 1.2e-5 times 224^2), redrawn while 0, so
+    an image gets about 1.5 + 1.3 blobs. A blob's side is uniform in ``size_range`` times the image side
+    (8..54 px at 224 px), it is rotated by an angle uniform in +-``rotation`` degrees, its centre is
+    uniform over the image. The two layers are summed, blurred by a Gaussian of std ``blur_sigma`` times
+    the side (5 px at 224 px) and *added* to the image, clamped to [0, 1]. If adding changes an image
+    by less than ``invert_threshold`` on average (a bright image that saturates) and subtracting changes
+    it more, the noise is subtracted instead (the official code's inversion rule).
+
+    Args:
+        images: ``[N, C, H, W]`` in [0, 1].
+    Returns:
+        ``(noisy_images, masks)``: masks ``[N, H, W]`` mark the pixels changed by more than 1/255.
+    """
+    n, c, h, w = images.shape
+    g = generator
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    side = min(h, w)
+    noise = torch.zeros(n, c, h, w)
+    for i in range(n):
+        for layer, rate in enumerate(blobs_per_image):
+            for _ in range(_poisson_at_least_one(rate, g)):
+                a = side * float(torch.empty(1).uniform_(*size_range, generator=g))  # side of the square
+                cy = float(torch.rand(1, generator=g)) * h
+                cx = float(torch.rand(1, generator=g)) * w
+                theta = np.deg2rad(float(torch.empty(1).uniform_(-rotation, rotation, generator=g)))
+                u = (yy - cy) * np.cos(theta) + (xx - cx) * np.sin(theta)  # rotated coordinates
+                v = -(yy - cy) * np.sin(theta) + (xx - cx) * np.cos(theta)
+                square = ((u.abs() <= a / 2) & (v.abs() <= a / 2)).float()
+                if layer == 0:  # coloured: one colour per blob (grey when C == 1)
+                    colour = torch.rand(c if c == 3 else 1, generator=g).expand(c)
+                else:  # white
+                    colour = torch.ones(c)
+                noise[i] += colour.view(c, 1, 1) * square
+    noise = _gaussian_blur(noise, blur_sigma * side)
+    up, down = (images + noise).clamp(0, 1), (images - noise).clamp(0, 1)
+    d_up = (up - images).flatten(1).mean(1)
+    d_down = (images - down).flatten(1).mean(1)
+    invert = (d_up < invert_threshold) & (d_down > d_up)
+    out = torch.where(invert.view(n, 1, 1, 1), down, up)
+    masks = ((out - images).abs().amax(1) > 1 / 255).float()
+    return out, masks
 
 
 def smooth_blobs(images: torch.Tensor, strength: float = 0.4, generator: torch.Generator | None = None):

@@ -84,3 +84,14 @@ def test_learn_center_makes_c_a_parameter():
 def test_unknown_objective_raises():
     with pytest.raises(ValueError):
         DeepSVDD("hard-boundary")
+
+
+def test_leaky_relu_slope_is_the_official_0_01():
+    # the official code (lukasruff/Deep-SVDD-PyTorch) uses F.leaky_relu with its default slope 0.01
+    net = LeNetEncoder(1, 28, (8, 4), 32)
+    slopes = [m.negative_slope for m in net.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert slopes == [0.01, 0.01]
+    x = torch.tensor([-2.0, 3.0])
+    assert torch.allclose(net.features[2](x), torch.tensor([-0.02, 3.0]))
+    dec = LeNetDecoder(1, 28, (8, 4), 32)
+    assert [m.negative_slope for m in dec.modules() if isinstance(m, torch.nn.LeakyReLU)] == [0.01]

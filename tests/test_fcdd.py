@@ -7,11 +7,13 @@ import torch
 import torch.nn as nn
 
 from anomaly_utils.data import AnomalyDataset
+from anomaly_utils.defects import fcdd_confetti_noise
 from anomaly_utils.lessons.fcdd import (
     FCDD,
     FCDDNet,
     bilinear_upsample,
     empirical_receptive_field,
+    fcdd_cell_loss,
     fcdd_loss,
     fcdd_pixel_loss,
     gaussian_kernel,
@@ -19,6 +21,7 @@ from anomaly_utils.lessons.fcdd import (
     mask_to_grid,
     natural_image_crops,
     pseudo_huber,
+    receptive_centre,
     receptive_field,
 )
 
@@ -69,11 +72,39 @@ def test_fcdd_loss_is_finite_at_zero():
     assert torch.isfinite(loss) and torch.isfinite(A.grad).all()
 
 
+def test_pixel_loss_is_the_papers_full_resolution_form():
+    # one anomalous image: A' = [[1, 3], [0, 0]], Y marks the 3
+    A = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]]]])
+    Y = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])
+    # mean((1 - Y) A') = 1/4, mean(Y A') = 3/4 (both over all four pixels)
+    expected = 0.25 - math.log(1 - math.exp(-0.75))
+    assert fcdd_pixel_loss(A, Y).item() == pytest.approx(expected, rel=1e-5)
+    # a normal image (Y = 0) contributes only mean(A'): here 1; the batch mean is (expected + 1) / 2
+    A2, Y2 = torch.cat([A, A]), torch.cat([Y, torch.zeros_like(Y)])
+    assert fcdd_pixel_loss(A2, Y2).item() == pytest.approx((expected + 1.0) / 2, rel=1e-5)
+
+
 def test_pixel_loss_reduces_to_image_loss_for_empty_masks():
     A = torch.rand(3, 1, 4, 4)
     assert fcdd_pixel_loss(A, torch.zeros_like(A)).item() == pytest.approx(fcdd_loss(A, torch.zeros(3)).item())
-    full = fcdd_pixel_loss(A, torch.ones_like(A)).item()
-    assert full == pytest.approx((-torch.log(1 - torch.exp(-A))).mean().item(), rel=1e-4)
+    assert fcdd_cell_loss(A, torch.zeros_like(A)).item() == pytest.approx(fcdd_loss(A, torch.zeros(3)).item())
+
+
+def test_papers_pixel_loss_pushes_a_small_defect_much_harder_than_the_per_cell_form():
+    # a 16 x 16 map, a defect on 4 cells with A = 1 there (A' = A: the upsampling is left out here)
+    A = torch.zeros(1, 1, 16, 16)
+    A[..., 7:9, 7:9] = 1.0
+    Y = (A > 0).float()
+    A.requires_grad_(True)
+    fcdd_pixel_loss(A, Y).backward()
+    g_paper = -A.grad[0, 0, 7, 7].item()
+    A.grad = None
+    fcdd_cell_loss(A, Y).backward()
+    g_cell = -A.grad[0, 0, 7, 7].item()
+    m = 4 / 256  # mean(Y A') over the pixels
+    assert g_paper == pytest.approx(math.exp(-m) / (1 - math.exp(-m)) / 256, rel=1e-4)
+    assert g_cell == pytest.approx(math.exp(-1) / (1 - math.exp(-1)) / 256, rel=1e-4)
+    assert g_paper / g_cell == pytest.approx(109.1, rel=1e-2)
 
 
 def test_mask_to_grid_gives_fractions():
@@ -91,23 +122,63 @@ def test_gaussian_kernel():
     assert k.argmax().item() == 3 * 7 + 3
 
 
-@pytest.mark.parametrize("rf,stride", [(35, 4), (19, 4), (9, 2), (8, 8)])
-def test_gaussian_upsample_centres_each_cell_on_its_receptive_field(rf, stride):
+@pytest.mark.parametrize("rf,stride,centre", [(35, 4, None), (35, 4, 3.0), (19, 4, 3.0), (9, 2, 0.0),
+                                             (8, 8, None), (8, 8, 3.5)])
+def test_gaussian_upsample_centres_each_cell_on_its_receptive_field(rf, stride, centre):
     size = 64
     u = size // stride
     A = torch.zeros(1, 1, u, u)
     i, j = u // 2, u // 4
     A[0, 0, i, j] = 1.0
-    up = gaussian_upsample(A, size, rf, stride, sigma=rf / 4)
+    up = gaussian_upsample(A, size, rf, stride, sigma=rf / 4, centre=centre)
     assert up.shape == (1, 1, size, size)
     peak = (up[0, 0] == up[0, 0].max()).nonzero().float().mean(0)
-    centre = torch.tensor([i * stride + (stride - 1) / 2, j * stride + (stride - 1) / 2])
-    assert torch.allclose(peak, centre, atol=0.51)
+    o = (stride - 1) / 2 if centre is None else centre
+    assert torch.allclose(peak, torch.tensor([i * stride + o, j * stride + o]), atol=0.51)
     # linear in A: upsampling a sum is the sum of the upsamplings
     B = torch.rand(1, 1, u, u)
-    assert torch.allclose(gaussian_upsample(A + B, size, rf, stride, 3.0),
-                          gaussian_upsample(A, size, rf, stride, 3.0) + gaussian_upsample(B, size, rf, stride, 3.0),
-                          atol=1e-5)
+    assert torch.allclose(gaussian_upsample(A + B, size, rf, stride, 3.0, centre),
+                          gaussian_upsample(A, size, rf, stride, 3.0, centre)
+                          + gaussian_upsample(B, size, rf, stride, 3.0, centre), atol=1e-5)
+
+
+def test_receptive_centre_hand_computed():
+    # conv 3x3 stride 2 padding 1: cell i sees pixels 2i-1..2i+1, centre 2i
+    assert receptive_centre(nn.Conv2d(1, 1, 3, stride=2, padding=1), image_size=32) == 0.0
+    # 2x2 windows, stride 2: cell i sees 2i..2i+1, centre 2i + 0.5
+    assert receptive_centre(nn.Conv2d(1, 1, 2, stride=2), image_size=32) == 0.5
+    # TF-"same": pad one pixel after only, then 3x3 stride 2: cell i sees 2i..2i+2, centre 2i + 1
+    tf_same = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 1, 3, stride=2))
+    assert receptive_centre(tf_same, image_size=32) == 1.0
+
+
+def test_fcdd_net_cells_look_at_4i_plus_3():
+    # EfficientNet-Lite0's static "same" padding puts cell i's field centre at 4i + 3, not 4i + 1.5
+    net = FCDDNet(base_block=2, pretrained=False)
+    assert net.centre == 3.0
+    assert FCDDNet(base_block=2).centre == 3.0
+
+
+def test_fcdd_confetti_noise_recipe():
+    grey = torch.full((6, 1, 64, 64), 0.5)
+    out, masks = fcdd_confetti_noise(grey, generator=torch.Generator().manual_seed(0))
+    assert out.shape == grey.shape and masks.shape == (6, 64, 64)
+    assert (out >= grey).all() and (out <= 1).all()  # added (brightening) on a mid-grey image
+    assert (masks.flatten(1).sum(1) > 0).all()  # every image gets a blob
+    again, _ = fcdd_confetti_noise(grey, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    # white paper: brightening saturates, so the noise is subtracted (the official inversion rule)
+    white = torch.ones(3, 3, 64, 64)
+    dark, _ = fcdd_confetti_noise(white, generator=torch.Generator().manual_seed(1))
+    assert (dark <= white).all() and (dark < 1).any()
+    # no blur, no rotation, one blob per layer, sides 16 px: at most two 16 x 16 squares
+    _, m = fcdd_confetti_noise(grey, generator=torch.Generator().manual_seed(2), blobs_per_image=(1e-9, 1e-9),
+                               size_range=(0.25, 0.25), rotation=0.0, blur_sigma=0.0)
+    assert (m.flatten(1).sum(1) <= 2 * 17 * 17).all() and (m.flatten(1).sum(1) >= 1).all()
+    # the blur spreads a blob: more changed pixels than without
+    _, m_blur = fcdd_confetti_noise(grey, generator=torch.Generator().manual_seed(2), blobs_per_image=(1e-9, 1e-9),
+                                    size_range=(0.25, 0.25), rotation=0.0)
+    assert (m_blur.flatten(1).sum(1) > m.flatten(1).sum(1)).all()
 
 
 def test_bilinear_upsample_shape():
@@ -128,10 +199,13 @@ def test_fit_predict_through_detector_interface():
     labelled = images[:2].clone()
     labelled[:, :, 8:16, 8:16] = 1.0
     for kw in [dict(), dict(labelled_images=labelled, labelled_masks=masks),
+               dict(labelled_images=labelled, labelled_masks=masks, pixel_loss="per-cell"),
+               dict(anomalies="simple-confetti"), dict(anomalies=None),
                dict(anomalies=None, outlier_images=natural_image_crops(6, size=32))]:
         det = FCDD(epochs=2, batch_size=6, progress=False, **kw).fit(train)
         scores, maps = det.predict(images[:3])
         assert scores.shape == (3,) and maps.shape == (3, 32, 32)
         assert torch.isfinite(scores).all() and (maps >= 0).all()
+        assert len(det.history["A_mean"]) == 2
         det.upsample = "bilinear"
         assert det.predict(images[:3])[1].shape == (3, 32, 32)

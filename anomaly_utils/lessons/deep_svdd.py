@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 class LeNetEncoder(nn.Module):
     """Deep SVDD's small LeNet-type network phi(x; W): ``[N, C, H, W] -> [N, rep_dim]``.
 
-    Each block is conv 5x5 -> BatchNorm -> leaky ReLU -> max-pool 2. With ``bias=False`` (the
+    Each block is conv 5x5 -> BatchNorm -> leaky ReLU (slope 0.01, as the official code's F.leaky_relu)
+    -> max-pool 2. With ``bias=False`` (the
     paper's choice) no layer has a bias and BatchNorm has no affine shift, so phi cannot output a
     constant vector without looking at the input.
     """
@@ -23,7 +24,7 @@ class LeNetEncoder(nn.Module):
         layers, c = [], in_channels
         for c_out in channels:
             layers += [nn.Conv2d(c, c_out, 5, padding=2, bias=bias),
-                       nn.BatchNorm2d(c_out, eps=1e-4, affine=bias), nn.LeakyReLU(0.1), nn.MaxPool2d(2)]
+                       nn.BatchNorm2d(c_out, eps=1e-4, affine=bias), nn.LeakyReLU(0.01), nn.MaxPool2d(2)]
             c = c_out
         self.features = nn.Sequential(*layers)
         side = image_size // 2 ** len(channels)
@@ -74,13 +75,13 @@ class LeNetDecoder(nn.Module):
         for c_out in list(channels[::-1][1:]) + [in_channels]:
             layers += [nn.Upsample(scale_factor=2), nn.Conv2d(c, c_out, 5, padding=2, bias=bias)]
             if c_out != in_channels:
-                layers += [nn.BatchNorm2d(c_out, eps=1e-4, affine=bias), nn.LeakyReLU(0.1)]
+                layers += [nn.BatchNorm2d(c_out, eps=1e-4, affine=bias), nn.LeakyReLU(0.01)]
             c = c_out
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
         x = self.fc(z).view(len(z), self.c0, self.side, self.side)
-        return torch.sigmoid(self.net(F.leaky_relu(x, 0.1)))
+        return torch.sigmoid(self.net(F.leaky_relu(x, 0.01)))
 
 
 def pretrain_autoencoder(encoder, decoder, images, epochs=10, lr=1e-3, batch_size=64, weight_decay=1e-6,

@@ -43,6 +43,30 @@ def empirical_receptive_field(net, image_size=64, in_channels=1):
     return int(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
 
 
+def receptive_centre(net, image_size=128, in_channels=1):
+    """Measure where a heatmap cell looks: the centre of its receptive field, by the gradient.
+
+    Backpropagates the middle output cell ``(i, i)`` to the input and takes the centre of the square of
+    input pixels with a non-zero gradient. Returns the offset ``o`` such that cell ``i`` is centred on
+    pixel ``o + stride * i`` (same along both axes). E.g. a 3x3 convolution with stride 2: 0 with padding 1
+    on both sides, 1 with TensorFlow-style "same" padding (one pixel after only). Use a net whose layers
+    pass gradients.
+    """
+    x = torch.rand(1, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_(True)
+    was_training = net.training
+    net.eval()
+    out = net(x)
+    u = out.shape[-1]
+    i = u // 2
+    (grad,) = torch.autograd.grad(out[0, 0, i, i], x)  # d cell / d input (no parameter gradients stored)
+    net.train(was_training)
+    hit = grad[0].abs().sum(0) > 0
+    rows = hit.any(1).nonzero().flatten().float()
+    centre = (rows.min() + rows.max()).item() / 2  # centre of the field along the rows
+    return centre - i * (image_size // u)
+
+
 # (kernel, stride) of EfficientNet-Lite0's stem and first blocks (their depthwise convs; 1x1 convs add nothing)
 EFFICIENTNET_LAYERS = [(3, 2), (3, 1), (3, 2), (3, 1), (5, 2), (5, 1), (3, 2), (3, 1), (3, 1)]
 
@@ -52,7 +76,8 @@ class FCDDNet(nn.Module):
 
     base: the stem and blocks ``0..base_block`` of ImageNet-pretrained EfficientNet-Lite0, frozen
     (``pretrained=False``: the same layers, random and trainable). head: bias-free 3x3 convolutions
-    and a final 1x1 convolution to one channel, trained with the FCDD loss.
+    and a final 1x1 convolution to one channel, trained with the FCDD loss. ``rf``: receptive field;
+    ``centre``: cell ``i`` looks at pixel ``centre + stride * i`` (TF-"same" padding: 3 with stride 4, not 1.5).
     """
 
     def __init__(self, base_block=2, head_channels=32, head_layers=2, pretrained=True):
@@ -70,6 +95,10 @@ class FCDDNet(nn.Module):
         # theoretical receptive field: the base's layers, then the head's 3x3 convolutions at this stride
         base_layers = EFFICIENTNET_LAYERS[: base_block + 2]
         self.rf, _ = receptive_field(base_layers + [(3, 1)] * head_layers)
+        # where cell (i, j) looks: pixel (centre + stride i, centre + stride j), measured by the gradient
+        # on a twin whose layers pass gradients (the frozen base computes without them)
+        probe = self if not pretrained else FCDDNet(base_block, head_channels, head_layers, pretrained=False)
+        self.centre = receptive_centre(probe, image_size=32 * -(-max(128, 2 * self.rf) // 32))
 
     def forward(self, x):
         return self.head(self.base(x)[0])  # phi(x), [N, 1, u, v]
@@ -80,6 +109,11 @@ def pseudo_huber(phi):
     return torch.sqrt(phi ** 2 + 1) - 1
 
 
+def _neg_log_one_minus_exp(a):
+    """-log(1 - exp(-a)), stable for small a (clamped so that a = 0 stays finite)."""
+    return -torch.log(-torch.expm1(-a).clamp(max=-1e-6))
+
+
 def fcdd_loss(A, y):
     """FCDD's loss for a batch of heatmaps ``A [N, 1, u, v]`` and image labels ``y [N]`` (1 = anomalous).
 
@@ -87,17 +121,30 @@ def fcdd_loss(A, y):
     """
     a = A.flatten(1).mean(1)
     y = y.float()
-    anomalous = -torch.log(-torch.expm1(-a).clamp(max=-1e-6))  # -log(1 - exp(-a)), stable for small a
-    return ((1 - y) * a + y * anomalous).mean()
+    return ((1 - y) * a + y * _neg_log_one_minus_exp(a)).mean()
 
 
-def fcdd_pixel_loss(A, Y):
-    """FCDD's pixel-wise loss with ground-truth maps: ``A [N, 1, u, v]``, ``Y [N, 1, u, v]`` in [0, 1].
+def fcdd_pixel_loss(A_full, Y):
+    """FCDD's semi-supervised loss with ground-truth maps (the paper's form, as in the official code).
 
-    Each cell contributes (1 - Y_ij) A_ij - Y_ij log(1 - exp(-A_ij)); averaged over cells and images.
+    ``A_full [N, 1, H, W]``: the heatmap upsampled to full resolution (A'); ``Y [N, 1, H, W]`` in [0, 1].
+    Per image: mean((1 - Y) A') - log(1 - exp(-mean(Y A'))), both means over all H W pixels; an image
+    without anomalous pixels (Y = 0) gets only mean(A'). Averaged over the images.
     """
-    anomalous = -torch.log(-torch.expm1(-A).clamp(max=-1e-6))
-    return ((1 - Y) * A + Y * anomalous).mean()
+    normal = ((1 - Y) * A_full).flatten(1).mean(1)
+    anom_mean = (Y * A_full).flatten(1).mean(1)
+    has_anomaly = Y.flatten(1).amax(1) > 0
+    anomalous = torch.where(has_anomaly, _neg_log_one_minus_exp(anom_mean), torch.zeros_like(anom_mean))
+    return (normal + anomalous).mean()
+
+
+def fcdd_cell_loss(A, Y):
+    """NOT the paper's loss: the per-cell variant, kept only to compare with ``fcdd_pixel_loss``.
+
+    Each cell of ``A [N, 1, u, v]`` contributes (1 - Y_ij) A_ij - Y_ij log(1 - exp(-A_ij)), ``Y`` the
+    fraction of defective pixels per cell; averaged over all cells and images.
+    """
+    return ((1 - Y) * A + Y * _neg_log_one_minus_exp(A)).mean()
 
 
 def mask_to_grid(masks, grid_size):
@@ -113,16 +160,26 @@ def gaussian_kernel(size, sigma):
     return k / k.sum()
 
 
-def gaussian_upsample(A, image_size, rf, stride, sigma):
+def gaussian_upsample(A, image_size, rf, stride, sigma, centre=None):
     """FCDD's heatmap upsampling: transposed convolution of ``A [N, 1, u, v]`` with a fixed Gaussian.
 
     Each cell spreads its value over the ``rf x rf`` input pixels it saw (its receptive field),
-    weighted by a Gaussian of std ``sigma``; cells ``stride`` pixels apart. Returns ``[N, 1, H, W]``.
+    weighted by a Gaussian of std ``sigma``; cells ``stride`` pixels apart. Cell ``i``'s Gaussian is
+    centred on pixel ``centre + stride * i`` (``centre``: the measured receptive-field centre of cell 0,
+    ``FCDDNet.centre``; ``None`` = ``(stride - 1) / 2``, the centre of non-overlapping ``stride x stride`` windows).
+    Returns ``[N, 1, H, W]``.
     """
-    k = rf + (rf - stride) % 2  # make (k - stride) even so the crop below is centred
+    centre = (stride - 1) / 2 if centre is None else centre
+    k = rf if ((rf - 1) / 2 - centre) % 1 == 0 else rf + 1  # k - 1 - 2 centre even: an integer crop offset
     kernel = gaussian_kernel(k, sigma).to(A)[None, None]
-    full = F.conv_transpose2d(A, kernel, stride=stride)  # [(u-1) s + k] pixels a side
-    off = (k - stride) // 2  # cell i's centre i*s + (k-1)/2 in `full` is pixel i*s + (s-1)/2 of the image
+    full = F.conv_transpose2d(A, kernel, stride=stride)  # cell i peaks at i*s + (k-1)/2 in `full`
+    off = int(round((k - 1) / 2 - centre))  # ... which must be pixel centre + i*s of the image
+    if off < 0:
+        full = F.pad(full, (-off, 0, -off, 0))
+        off = 0
+    need = off + image_size - full.shape[-1]
+    if need > 0:
+        full = F.pad(full, (0, need, 0, need))
     return full[..., off:off + image_size, off:off + image_size]
 
 
@@ -135,20 +192,29 @@ class FCDD:
     """Fully convolutional data description (Liznerski et al., 2021) behind the detector interface.
 
     Training sees the normal images (y = 0) and as many pseudo-anomalies (y = 1): confetti noise on
-    normal images (``anomalies="confetti"``) and/or outlier-exposure images (``outlier_images``).
+    normal images (``anomalies="confetti"``: the official recipe, ``fcdd_confetti_noise``;
+    ``"simple-confetti"``: the course's earlier small grey rectangles) and/or outlier-exposure images
+    (``outlier_images``); ``anomalies=None`` without outliers trains on normal images only (it collapses).
     Semi-supervised: ``labelled_images`` / ``labelled_masks`` are a few real defects with their masks,
-    trained with the pixel-wise loss. The base is frozen, so its features are computed once
-    (a pool of ``n_confetti`` noisy copies per training image) and only the head is trained.
+    trained with the paper's pixel-wise loss on the Gaussian-upsampled map (``pixel_loss="paper"``) or,
+    for comparison, the per-cell variant (``"per-cell"``). The base is frozen, so its features are computed
+    once (a pool of ``n_confetti`` noisy copies per training image) and only the head is trained.
     ``predict(images) -> (pred_score [N] = mean of A over the cells, anomaly_map [N, H, W])``.
+    ``history``: per epoch, the loss and the mean / max of A over the normal training images.
     """
 
     def __init__(self, base_block=2, head_channels=32, head_layers=2, epochs=30, lr=1e-3, weight_decay=1e-6,
                  batch_size=32, anomalies="confetti", n_confetti=2, outlier_images=None, labelled_images=None,
-                 labelled_masks=None, upsample="gaussian", sigma=None, device="cpu", seed=0, progress=True):
+                 labelled_masks=None, pixel_loss="paper", upsample="gaussian", sigma=None, device="cpu", seed=0,
+                 progress=True):
+        if anomalies not in ("confetti", "simple-confetti", None):
+            raise ValueError(f"anomalies must be 'confetti', 'simple-confetti' or None, got {anomalies!r}.")
+        if pixel_loss not in ("paper", "per-cell"):
+            raise ValueError(f"pixel_loss must be 'paper' or 'per-cell', got {pixel_loss!r}.")
         self.base_block, self.head_channels, self.head_layers = base_block, head_channels, head_layers
         self.epochs, self.lr, self.weight_decay, self.batch_size = epochs, lr, weight_decay, batch_size
         self.anomalies, self.n_confetti, self.outlier_images = anomalies, n_confetti, outlier_images
-        self.labelled_images, self.labelled_masks = labelled_images, labelled_masks
+        self.labelled_images, self.labelled_masks, self.pixel_loss = labelled_images, labelled_masks, pixel_loss
         self.upsample, self.sigma = upsample, sigma
         self.device, self.seed, self.progress = torch.device(device), seed, progress
         self.history = {}
@@ -159,44 +225,64 @@ class FCDD:
         return torch.cat([self.net.base(images[i:i + batch_size].to(self.device))[0]
                           for i in range(0, len(images), batch_size)])
 
+    def _upsample(self, A, size):
+        """A ``[N, 1, u, v]`` -> ``[N, 1, size, size]`` (Gaussian over the receptive field, or bilinear)."""
+        if self.upsample == "gaussian":
+            sigma = self.sigma if self.sigma is not None else self.net.rf / 4
+            return gaussian_upsample(A, size, self.net.rf, self.net.stride, sigma, self.net.centre)
+        return bilinear_upsample(A, size)
+
     def fit(self, train_dataset):
-        from anomaly_utils.defects import confetti_noise
+        from anomaly_utils.defects import confetti_noise, fcdd_confetti_noise
 
         torch.manual_seed(self.seed)
         g = torch.Generator().manual_seed(self.seed)
         images = train_dataset.images
+        size = images.shape[-1]
         self.net = FCDDNet(self.base_block, self.head_channels, self.head_layers).to(self.device)
         normal = self._base_features(images)
         pools = []  # pseudo-anomalies, y = 1
-        if self.anomalies == "confetti":
-            noisy, _ = confetti_noise(images.repeat(self.n_confetti, 1, 1, 1), generator=g)
+        if self.anomalies is not None:
+            noise = fcdd_confetti_noise if self.anomalies == "confetti" else confetti_noise
+            noisy, _ = noise(images.repeat(self.n_confetti, 1, 1, 1), generator=g)
             pools.append(self._base_features(noisy))
         if self.outlier_images is not None:
             pools.append(self._base_features(self.outlier_images))
-        anomalous = torch.cat(pools)
+        anomalous = torch.cat(pools) if pools else None
         if self.labelled_images is not None:
             labelled = self._base_features(self.labelled_images)
-            labelled_Y = mask_to_grid(self.labelled_masks.to(self.device), normal.shape[-2:])
+            masks = self.labelled_masks.to(self.device).float()
+            labelled_Y = masks[:, None] if self.pixel_loss == "paper" else mask_to_grid(masks, normal.shape[-2:])
         opt = torch.optim.Adam(self.net.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs)
-        self.history = {"loss": []}
+        self.history = {"loss": [], "A_mean": [], "A_max": []}
         for _ in tqdm(range(self.epochs), desc="FCDD", disable=not self.progress, leave=False):
             self.net.train()
             total, n = 0.0, 0
             for idx in torch.randperm(len(normal), generator=g).split(self.batch_size):
-                j = torch.randint(len(anomalous), (len(idx),), generator=g)
-                f = torch.cat([normal[idx], anomalous[j]])
-                y = torch.cat([torch.zeros(len(idx)), torch.ones(len(j))]).to(self.device)
-                loss = fcdd_loss(pseudo_huber(self.net.head(f)), y)
-                if self.labelled_images is not None:  # semi-supervised: real defects, pixel-wise loss
+                f, y = normal[idx], torch.zeros(len(idx))
+                if anomalous is not None:
+                    j = torch.randint(len(anomalous), (len(idx),), generator=g)
+                    f, y = torch.cat([f, anomalous[j]]), torch.cat([y, torch.ones(len(j))])
+                loss = fcdd_loss(pseudo_huber(self.net.head(f)), y.to(self.device))
+                if self.labelled_images is not None:  # semi-supervised: real defects with their masks
                     k = torch.randint(len(labelled), (min(len(idx), 8),), generator=g)
-                    loss = loss + fcdd_pixel_loss(pseudo_huber(self.net.head(labelled[k])), labelled_Y[k])
+                    A = pseudo_huber(self.net.head(labelled[k]))
+                    if self.pixel_loss == "paper":  # full resolution: A' = Gaussian upsampling of A
+                        loss = loss + fcdd_pixel_loss(self._upsample(A, size), labelled_Y[k])
+                    else:
+                        loss = loss + fcdd_cell_loss(A, labelled_Y[k])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total, n = total + loss.item() * len(idx), n + len(idx)
             sched.step()
             self.history["loss"].append(total / n)
+            with torch.no_grad():
+                self.net.eval()
+                A_normal = pseudo_huber(self.net.head(normal[:256]))
+                self.history["A_mean"].append(A_normal.mean().item())
+                self.history["A_max"].append(A_normal.max().item())
         return self
 
     @torch.no_grad()
@@ -208,12 +294,7 @@ class FCDD:
     @torch.no_grad()
     def predict(self, images):
         A = self.heatmap(images)
-        size = images.shape[-1]
-        if self.upsample == "gaussian":
-            sigma = self.sigma if self.sigma is not None else self.net.rf / 4
-            amap = gaussian_upsample(A, size, self.net.rf, self.net.stride, sigma)
-        else:
-            amap = bilinear_upsample(A, size)
+        amap = self._upsample(A, images.shape[-1])
         return A.flatten(1).mean(1).cpu(), amap[:, 0].cpu()
 
 
