@@ -7,11 +7,11 @@ from PIL import Image
 
 from anomaly_utils.lessons.memory_bank import (
     KNNDetector,
+    MemoryBankDetector,
     PaDiM,
     PatchCore,
     PatchEmbedding,
     gaussian_blur,
-    MemoryBankDetector,
     greedy_coreset,
     greedy_coreset_fast,
     nearest_neighbours,
