@@ -118,7 +118,7 @@ def _bench_in_fresh_process(ctx, name: str, dataset: str, repeats: int) -> dict:
 CORESET_DATA = dict(category="brick", size=224, n_train=400, n_test=25)
 
 
-def _bench_coreset(queue, data: dict | None = None) -> None:
+def _bench_coreset(data: dict | None = None, queue=None) -> None:
     """Runs in a child process: PatchCore's reference vs fast coreset on the same 224-px embedding."""
     try:
         from . import metrics
@@ -209,6 +209,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--coreset-images", type=int, default=CORESET_DATA["n_train"],
+                        help="training images of the coreset row (default 400: 313,600 patches at 224 px)")
     parser.add_argument("--only", choices=["methods", "coreset"], default=None,
                         help="run only the per-method rows or only the coreset row (default: both)")
     args = parser.parse_args(argv)
@@ -242,7 +244,7 @@ def main(argv=None) -> int:
     if args.only == "coreset":
         names = []
     if args.only != "methods":
-        payload["coreset_rows"] = _run_in_fresh_process(ctx, _bench_coreset, (), {"method": "PatchCore coreset",
+        payload["coreset_rows"] = _run_in_fresh_process(ctx, _bench_coreset, ({"n_train": args.coreset_images},), {"method": "PatchCore coreset",
                                                                                    "dataset": "textures@224"})
         for row in payload["coreset_rows"]:
             print(json.dumps(row), flush=True)

@@ -39,7 +39,7 @@ class _ListQueue(list):
 
 def test_coreset_row_times_reference_and_fast_on_the_same_data():
     q = _ListQueue()
-    bench._bench_coreset(q, data=dict(size=64, n_train=4, n_test=2))
+    bench._bench_coreset(dict(size=64, n_train=4, n_test=2), q)
     rows = q[0]
     assert [r["method"] for r in rows] == ["PatchCore coreset=reference", "PatchCore coreset=fast"], rows
     assert rows[0]["patches"] == rows[1]["patches"] == 4 * 8 * 8
