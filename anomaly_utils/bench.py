@@ -9,6 +9,11 @@ data set it applies to, in a fresh process (so that peak memory is the method's 
 * for methods on the pretrained backbone: inference time divided by the backbone's own forward time.
 
     python -m anomaly_utils.bench [--repeats 3] [--methods kNN PaDiM] [--profile cpu]
+    python -m anomaly_utils.bench --only coreset     # only PatchCore's coreset row (224 px, 400 images)
+
+The coreset row fits PatchCore on 400 brick crops of 224 px (313,600 patches, 10 % coreset) with the
+reference greedy selection (float32, projection to 128) and the fast one (bfloat16, projection to 64), in
+the same process on the same embedding, and reports each one's fit seconds and test AUROCs.
 """
 
 from __future__ import annotations
@@ -110,6 +115,78 @@ def _bench_in_fresh_process(ctx, name: str, dataset: str, repeats: int) -> dict:
     return row
 
 
+CORESET_DATA = dict(category="brick", size=224, n_train=400, n_test=25)
+
+
+def _bench_coreset(data: dict | None = None, queue=None) -> None:
+    """Runs in a child process: PatchCore's reference vs fast coreset on the same 224-px embedding."""
+    try:
+        from . import metrics
+        from .data import load_textures
+        from .lessons.memory_bank import PatchCore, PatchEmbedding
+
+        data = {**CORESET_DATA, **(data or {})}
+        seed_everything(0)
+        train, test = load_textures(data["category"], size=data["size"], crop=data["size"], n_train=data["n_train"],
+                                    n_test_normal=data["n_test"], n_test_defective=data["n_test"])
+        embedding = PatchEmbedding()
+        start = time.perf_counter()
+        train_emb = embedding.batched(train.images)
+        embed_s = time.perf_counter() - start
+        test_emb = embedding.batched(test.images)
+        rows = []
+        for impl in ("reference", "fast"):
+            det = PatchCore(coreset_ratio=0.1, coreset_impl=impl, embedding=embedding)
+            start = time.perf_counter()
+            det.build(train_emb)
+            build_s = time.perf_counter() - start
+            with torch.no_grad():
+                scores, maps = det.scores_to_output(det.patch_scores(test_emb), test.image_size)
+            rows.append({"method": f"PatchCore coreset={impl}",
+                         "dataset": f"textures/{data['category']}@{data['size']}px x{data['n_train']}",
+                         "fit_seconds": round(embed_s + build_s, 2), "coreset_seconds": round(build_s, 2),
+                         "patches": int(train_emb.shape[0] * train_emb.shape[2] * train_emb.shape[3]),
+                         "coreset": len(det.memory_bank),
+                         "image_auroc": round(metrics.image_auroc(test.labels, scores), 4),
+                         "pixel_auroc": round(metrics.pixel_auroc(test.masks, maps), 4),
+                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+        queue.put(rows)
+    except Exception as err:  # report, do not hide
+        queue.put([{"method": "PatchCore coreset", "dataset": "textures@224", "error": f"{type(err).__name__}: {err}"}])
+
+
+def _run_in_fresh_process(ctx, target, args, fallback: dict):
+    """``target(*args, queue)`` in a new process; ``[fallback + error]`` if that process dies without answering."""
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    while True:
+        try:
+            out = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                out = [{**fallback, "error": f"the benchmark process died with exit code {proc.exitcode} "
+                                             "(out of memory?)"}]
+                break
+    proc.join()
+    return out
+
+
+def coreset_table(rows: list[dict]) -> str:
+    """The coreset rows as a markdown table (old vs new selection, same run)."""
+    lines = ["| coreset selection | data | patches -> coreset | coreset s | fit s | image AUROC | pixel AUROC |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['dataset']} | error: {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['method'].split('=')[-1]} | {r['dataset']} | {r['patches']:,} -> {r['coreset']:,} | "
+                     f"{r['coreset_seconds']:.1f} | {r['fit_seconds']:.1f} | {r['image_auroc']:.3f} | "
+                     f"{r['pixel_auroc']:.3f} |")
+    return "\n".join(lines)
+
+
 def bench_table(payload: dict) -> str:
     """results/bench.json as the README's markdown table."""
     lines = [f"Profile `{payload['profile']}`, {payload['device']}, median of {payload['repeats']} runs.", "",
@@ -121,6 +198,9 @@ def bench_table(payload: dict) -> str:
         ratio = r.get("inference_over_backbone")
         lines.append(f"| {r['method']} | {r['dataset']} | {r['fit_seconds']:.2f} | {r['images_per_second']:.0f} | "
                      f"{r['peak_rss_mb']:.0f} | {'–' if ratio is None else f'{ratio:.2f}'} |")
+    if payload.get("coreset_rows"):
+        lines += ["", "PatchCore's greedy coreset, reference (float32, projection 128) vs fast (bfloat16, "
+                  "projection 64), same run:", "", coreset_table(payload["coreset_rows"])]
     return "\n".join(lines)
 
 
@@ -129,6 +209,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--coreset-images", type=int, default=CORESET_DATA["n_train"],
+                        help="training images of the coreset row (default 400: 313,600 patches at 224 px)")
+    parser.add_argument("--only", choices=["methods", "coreset"], default=None,
+                        help="run only the per-method rows or only the coreset row (default: both)")
     args = parser.parse_args(argv)
     if args.profile:
         os.environ["AD_PROFILE"] = args.profile
@@ -148,7 +232,23 @@ def main(argv=None) -> int:
         previous = json.loads(out.read_text())
         if previous.get("profile") == payload["profile"]:
             payload["rows"] = [r for r in previous["rows"] if r["method"] not in names]
+    if out.exists() and not payload["rows"]:
+        previous = json.loads(out.read_text())
+        if previous.get("profile") == payload["profile"] and args.only == "coreset":
+            payload["rows"] = previous["rows"]  # keep the per-method rows of the last run
+    if out.exists():
+        previous = json.loads(out.read_text())
+        if previous.get("profile") == payload["profile"] and args.only == "methods":
+            payload["coreset_rows"] = previous.get("coreset_rows", [])
     rows = payload["rows"]
+    if args.only == "coreset":
+        names = []
+    if args.only != "methods":
+        payload["coreset_rows"] = _run_in_fresh_process(ctx, _bench_coreset, ({"n_train": args.coreset_images},), {"method": "PatchCore coreset",
+                                                                                   "dataset": "textures@224"})
+        for row in payload["coreset_rows"]:
+            print(json.dumps(row), flush=True)
+        out.write_text(json.dumps(payload, indent=1) + "\n")
     for name in names:
         for dataset in BENCH_DATASETS:
             if dataset.split("/")[0] not in METHODS[name].data:
@@ -159,7 +259,7 @@ def main(argv=None) -> int:
             out.write_text(json.dumps(payload, indent=1) + "\n")  # after every row: a long run keeps its rows
     print(f"wrote {out.relative_to(REPO_ROOT)}")
     replace_between(README, "<!-- bench:begin -->", "<!-- bench:end -->", bench_table(payload))
-    return 0 if all("error" not in r for r in rows) else 1
+    return 0 if all("error" not in r for r in rows + payload.get("coreset_rows", [])) else 1
 
 
 if __name__ == "__main__":

@@ -31,3 +31,19 @@ def test_bench_table_shows_errors_and_ratios():
     assert lines[0] == "Profile `cpu`, cpu (2 threads), median of 3 runs."
     assert lines[4] == "| PaDiM | textures/brick | 3.39 | 89 | 1010 | 1.10 |"
     assert lines[5].startswith("| kNN | mnist/0 | error: the benchmark process died")
+
+
+class _ListQueue(list):
+    put = list.append
+
+
+def test_coreset_row_times_reference_and_fast_on_the_same_data():
+    q = _ListQueue()
+    bench._bench_coreset(dict(size=64, n_train=4, n_test=2), q)
+    rows = q[0]
+    assert [r["method"] for r in rows] == ["PatchCore coreset=reference", "PatchCore coreset=fast"], rows
+    assert rows[0]["patches"] == rows[1]["patches"] == 4 * 8 * 8
+    assert rows[0]["coreset"] == rows[1]["coreset"] == round(0.1 * 4 * 8 * 8)
+    table = bench.coreset_table(rows).splitlines()
+    assert table[2].startswith("| reference | textures/brick@64px x4 | 256 -> 26 |")
+    assert table[3].startswith("| fast |")

@@ -5,7 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
-from anomaly_utils.lessons.cfa import CFA, CoordConv2d, build_memory_bank, cfa_loss, kmeans, softmin_score
+from anomaly_utils.lessons.cfa import (
+    CFA,
+    CoordConv2d,
+    build_memory_bank,
+    cfa_loss,
+    kmeans,
+    location_mean_bank,
+    softmin_score,
+)
 from anomaly_utils.lessons.memory_bank import PatchEmbedding
 
 C_LINE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [5.0, 0.0]])
@@ -38,9 +46,30 @@ def test_repulsion_loss_pushes_away():
     assert phi.grad[0, 0].item() > 0  # so gradient descent moves phi towards -x: away from c = (1, 0)
 
 
-def test_softmin_score():
+def test_softmin_score_official_is_on_euclidean_distances():
     phi = torch.tensor([[0.1, 0.0], [2.5, 0.0]])
-    s = softmin_score(phi, C_LINE, K=3)
+    s = softmin_score(phi, C_LINE, K=3)  # official code: sqrt first
+    d = torch.tensor([0.1, 0.9, 1.9])
+    assert s[0].item() == pytest.approx((torch.softmax(-d, 0)[0] * d[0]).item(), rel=1e-5)
+    d1 = torch.tensor([0.5, 0.5, 1.5])
+    assert s[1].item() == pytest.approx((torch.softmax(-d1, 0)[0] * 0.5).item(), rel=1e-4)
+
+
+def test_squared_and_euclidean_softmin_rank_patches_differently():
+    # patch A at the origin: three centres at distance 3; patch B at (100, 0): one centre at 1.5, two at 10
+    C = torch.tensor([[3.0, 0.0], [-1.5, 2.598076], [-1.5, -2.598076],
+                      [101.5, 0.0], [100.0, 10.0], [100.0, -10.0]])
+    phi = torch.tensor([[0.0, 0.0], [100.0, 0.0]])
+    s = softmin_score(phi, C, K=3)  # A: 3 / 3 = 1;  B: ~1.5 * 1
+    s2 = softmin_score(phi, C, K=3, squared=True)  # A: 9 / 3 = 3;  B: ~2.25 * 1
+    assert s[0].item() == pytest.approx(1.0, rel=1e-4) and s[1].item() == pytest.approx(1.5, rel=1e-3)
+    assert s2[0].item() == pytest.approx(3.0, rel=1e-4) and s2[1].item() == pytest.approx(2.25, rel=1e-3)
+    assert s[1] > s[0] and s2[0] > s2[1]  # the ranking flips
+
+
+def test_softmin_score_squared():
+    phi = torch.tensor([[0.1, 0.0], [2.5, 0.0]])
+    s = softmin_score(phi, C_LINE, K=3, squared=True)
     d = torch.tensor([0.01, 0.81, 3.61])
     assert s[0].item() == pytest.approx((torch.softmax(-d, 0)[0] * d[0]).item(), rel=1e-5)
     d1 = torch.tensor([0.25, 0.25, 2.25])  # two centres tie at 0.25, the third is at 2.25
@@ -101,7 +130,29 @@ def test_cfa_on_mvtec_layout(tmp_path):
     det = CFA(embedding=PatchEmbedding(), epochs=3, batch_size=2).fit(train)
     assert det.memory_bank.shape == (16, 152)  # T = 4 x 4 patches at stride 8
     assert len(det.history["L_att"]) == 3 and det.history["L_att"][-1] < det.history["L_att"][0]
-    assert det.history["L_rep"] == [0.0, 0.0, 0.0]
+    assert min(det.history["rep_active"]) > 0  # r = "auto", learned: the repulsion acts
+    assert det.radius.requires_grad and det.history["r"][-1] != det.radius.new_tensor(0)
+    paper = CFA(embedding=PatchEmbedding(), epochs=2, batch_size=2, r=1e-5, learn_r=False, bank="ema").fit(train)
+    assert paper.history["L_rep"] == [0.0, 0.0] and paper.history["rep_active"] == [0.0, 0.0]
     score, amap = det.predict(test.images)
     assert score.shape == (len(test),) and amap.shape == (len(test), 32, 32)
     assert score[test.labels == 1].mean() > score[test.labels == 0].mean()
+
+
+def test_location_mean_bank_by_hand():
+    maps = torch.zeros(2, 3, 1, 2)  # 2 images, D = 3, a 1 x 2 grid
+    maps[0, :, 0, 0], maps[1, :, 0, 0] = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 4.0, 5.0])
+    maps[0, :, 0, 1], maps[1, :, 0, 1] = torch.tensor([0.0, 0.0, 0.0]), torch.tensor([10.0, 0.0, -2.0])
+    C = location_mean_bank(maps)
+    assert torch.allclose(C, torch.tensor([[2.0, 3.0, 4.0], [5.0, 0.0, -1.0]]))  # one mean per position
+    assert location_mean_bank(maps, gamma_c=2).shape == (1, 3)  # gamma_c > 1: k-means compresses
+
+
+def test_learnable_radius_gets_gradients_from_both_hinges():
+    phi = torch.tensor([[0.1, 0.0]])
+    r = torch.tensor(2.0, requires_grad=True)
+    L_att, L_rep, active = cfa_loss(phi, C_LINE, K=1, J=1, r=r, alpha=0.0, return_active=True)
+    # att: max(0, 0.01 - 4) = 0; rep: max(0, 4 - 0.81) = 3.19 -> d/dr = 2r = 4
+    assert L_att.item() == 0.0 and L_rep.item() == pytest.approx(3.19, abs=1e-5) and active == 1.0
+    (L_att + L_rep).backward()
+    assert r.grad.item() == pytest.approx(4.0)

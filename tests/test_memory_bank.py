@@ -7,11 +7,13 @@ from PIL import Image
 
 from anomaly_utils.lessons.memory_bank import (
     KNNDetector,
+    MemoryBankDetector,
     PaDiM,
     PatchCore,
     PatchEmbedding,
     gaussian_blur,
     greedy_coreset,
+    greedy_coreset_fast,
     nearest_neighbours,
     to_patches,
 )
@@ -134,3 +136,61 @@ def test_padim_rejects_other_grid(embedding, mvtec):
     det = PaDiM(d=20, embedding=embedding).fit(train)
     with pytest.raises(ValueError, match="grid"):
         det.predict(torch.rand(1, 1, 64, 64))
+
+
+class _FixedScores(MemoryBankDetector):
+    """A detector whose patch scores are given: to check the image score by hand."""
+
+    def __init__(self, scores, **kw):
+        super().__init__(**kw)
+        self.scores = scores
+
+    def patch_scores(self, embedding):
+        return self.scores
+
+
+def test_image_score_patch_max_vs_map_max_by_hand():
+    # one isolated hot patch (score 8) on a 4 x 4 grid of zeros; image 16 x 16, so each patch is 4 x 4 pixels
+    scores = torch.zeros(1, 4, 4)
+    scores[0, 1, 1] = 8.0
+    official = _FixedScores(scores, sigma=4.0, image_score="patch_max")
+    pred, amap = official.scores_to_output(scores, (16, 16))
+    assert pred.item() == 8.0  # PatchCore's official code: the largest raw patch score
+    blurred = _FixedScores(scores, sigma=4.0, image_score="map_max")
+    pred_b, amap_b = blurred.scores_to_output(scores, (16, 16))
+    assert torch.equal(amap, amap_b)  # the map is the same; only the image score differs
+    assert pred_b.item() == pytest.approx(amap_b.max().item()) and pred_b.item() < 4.0  # blurring spreads the peak
+    with pytest.raises(ValueError, match="image_score"):
+        _FixedScores(scores, image_score="mean")
+
+
+def test_patchcore_defaults_follow_the_official_code():
+    pc = PatchCore(coreset_ratio=0.1)
+    assert pc.image_score == "patch_max" and pc.coreset_impl == "fast" and pc.projection_dim == 64
+    ref = PatchCore(coreset_ratio=0.1, coreset_impl="reference")
+    assert ref.projection_dim == 128
+    assert PaDiM(d=100).default_embedding().extractor.blocks == (2, 4, 10)
+    assert PaDiM(d=100).default_embedding().pool == 1
+
+
+def test_padim_own_embedding_is_stride_4_unpooled():
+    emb = PaDiM().default_embedding()
+    e = emb(torch.rand(1, 1, 64, 64))
+    assert e.shape == (1, 24 + 40 + 112, 16, 16)  # stride 4 grid
+    feats = emb.extractor(torch.rand(1, 1, 64, 64))
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.allclose(emb(x)[:, :24], emb.extractor(x)[0])  # block 2 passes through unpooled
+    assert len(feats) == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_coreset_selects_almost_the_same_points(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(3000, 32, generator=g), torch.randn(300, 32, generator=g) * 0.5 + 4])
+    ref = greedy_coreset(x, 200, projection_dim=None, seed=seed)
+    fast = greedy_coreset_fast(x, 200, projection_dim=None, seed=seed)
+    assert torch.equal(fast[:10], ref[:10])  # same start point, same first picks (far-apart points)
+    overlap = len(set(ref.tolist()) & set(fast.tolist())) / 200
+    assert overlap > 0.6, overlap  # later, bfloat16 rounding flips near-ties (many in 32-d Gaussian noise)
+    radius = lambda sel: torch.cdist(x, x[sel]).min(1).values.max()  # noqa: E731
+    assert radius(fast) <= 1.02 * radius(ref)  # but covers the bank as well (covering radius within 2 %)

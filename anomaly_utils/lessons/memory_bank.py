@@ -65,6 +65,41 @@ def to_patches(embedding: torch.Tensor) -> torch.Tensor:
     return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
 
 
+def show_maps(images, anomaly_maps, masks=None, titles=None, vmax=None):
+    """Three rows per column: the image plain, the image with its mask outline (red), the heatmap overlay.
+
+    One colour scale for all heatmaps (from the lowest value to the 99.9 % quantile of the maps shown).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    def to_np(x):
+        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+    images, maps = to_np(images), to_np(anomaly_maps)
+    masks = None if masks is None else to_np(masks)
+    n = len(images)
+    vmax = float(np.quantile(maps, 0.999)) if vmax is None else vmax
+    vmin = float(maps.min())
+    fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.6), squeeze=False)
+    for k in range(n):
+        img = images[k].transpose(1, 2, 0)
+        img = img[..., 0] if img.shape[-1] == 1 else img
+        for row in range(3):
+            axes[row, k].imshow(img, cmap="gray", vmin=0, vmax=1)
+            axes[row, k].set_xticks([]), axes[row, k].set_yticks([])
+        im = axes[2, k].imshow(maps[k], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+        if masks is not None and masks[k].any():
+            for row in (1, 2):
+                axes[row, k].contour(masks[k], levels=[0.5], colors="red", linewidths=0.8)
+        if titles is not None:
+            axes[0, k].set_title(titles[k], fontsize=7)
+    axes[0, 0].set_ylabel("input", fontsize=8), axes[1, 0].set_ylabel("with mask", fontsize=8)
+    axes[2, 0].set_ylabel("anomaly map", fontsize=8)
+    fig.colorbar(im, ax=axes[2, :].tolist(), shrink=0.8, pad=0.01)
+    return fig
+
+
 def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, squared: bool = False,
                        query_chunk: int = 2048, bank_chunk: int = 65536):
     """The ``k`` nearest rows of ``bank`` for every row of ``queries`` (Euclidean), by chunked matrix products.
@@ -103,30 +138,43 @@ class MemoryBankDetector:
 
     Subclasses implement ``build(train_embedding [N, D, h, w])`` and
     ``patch_scores(embedding [N, D, h, w]) -> [N, h, w]``. ``predict(images [N, C, H, W])`` returns
-    ``(pred_score [N], anomaly_map [N, H, W])``; ``pred_score`` is the maximum of the smoothed map.
+    ``(pred_score [N], anomaly_map [N, H, W])``. ``image_score``: ``"map_max"`` (the maximum of the
+    upsampled, smoothed map: PaDiM's official code) or ``"patch_max"`` (the maximum of the raw patch
+    scores: PatchCore's official code).
     """
 
-    def __init__(self, embedding: PatchEmbedding | None = None, sigma: float = 4.0, batch_size: int = 32):
+    def __init__(self, embedding: PatchEmbedding | None = None, sigma: float = 4.0, batch_size: int = 32,
+                 image_score: str = "map_max"):
+        if image_score not in ("map_max", "patch_max"):
+            raise ValueError(f"image_score must be 'map_max' or 'patch_max', got {image_score!r}")
         self.embedding = embedding
         self.sigma = sigma
         self.batch_size = batch_size
+        self.image_score = image_score
+
+    def default_embedding(self) -> PatchEmbedding:
+        return PatchEmbedding()
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
-            self.embedding = PatchEmbedding()
+            self.embedding = self.default_embedding()
         return self.embedding.batched(images, self.batch_size)
 
     def fit(self, train_dataset):
         self.build(self.embed(train_dataset.images))
         return self
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor):
-        scores = self.patch_scores(self.embed(images))  # [N, h, w]
-        anomaly_map = F.interpolate(scores[:, None], size=images.shape[-2:], mode="bilinear",
+    def scores_to_output(self, scores: torch.Tensor, image_size):
+        """Patch scores ``[N, h, w]`` -> ``(pred_score [N], anomaly_map [N, H, W])``."""
+        anomaly_map = F.interpolate(scores[:, None], size=tuple(image_size), mode="bilinear",
                                     align_corners=False)[:, 0]
         anomaly_map = gaussian_blur(anomaly_map, self.sigma)
-        return anomaly_map.amax(dim=(1, 2)), anomaly_map
+        pred = scores.amax(dim=(1, 2)) if self.image_score == "patch_max" else anomaly_map.amax(dim=(1, 2))
+        return pred, anomaly_map
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor):
+        return self.scores_to_output(self.patch_scores(self.embed(images)), images.shape[-2:])
 
 
 class KNNDetector(MemoryBankDetector):
@@ -151,12 +199,17 @@ class PaDiM(MemoryBankDetector):
 
     Score of a patch x_ij: the Mahalanobis distance sqrt((x_ij - mu_ij)^T Sigma_ij^-1 (x_ij - mu_ij)),
     with Sigma_ij = sample covariance + ``eps`` * I (the regulariser that makes it invertible).
-    Fitted on one image size; ``mean [h*w, d]``, ``cov_inv [h*w, d, d]``.
+    Fitted on one image size; ``mean [h*w, d]``, ``cov_inv [h*w, d, d]``. Without an ``embedding`` it
+    uses the paper's: the first three stages (EfficientNet-Lite0 blocks 2, 4, 10: strides 4, 8, 16),
+    no neighbourhood pooling, upsampled to the stride-4 grid and concatenated (D = 24 + 40 + 112 = 176).
     """
 
     def __init__(self, d: int = 100, eps: float = 0.01, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.d, self.eps, self.seed = d, eps, seed
+
+    def default_embedding(self) -> PatchEmbedding:
+        return PatchEmbedding(blocks=(2, 4, 10), pool=1)  # pool=1: no local averaging
 
     def build(self, train_embedding):
         n, D, h, w = train_embedding.shape
@@ -210,17 +263,60 @@ def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int | None = 
     return selected
 
 
-class PatchCore(KNNDetector):
-    """PatchCore: kNN scoring against a greedy coreset of ``coreset_ratio`` of the training patches."""
+def greedy_coreset_fast(features: torch.Tensor, n: int, projection_dim: int | None = 64, seed: int = 0,
+                        dtype: torch.dtype = torch.bfloat16, progress: bool = False) -> torch.Tensor:
+    """``greedy_coreset`` with a cheaper step: the projected bank is centred and stored in ``dtype`` (bfloat16).
 
-    def __init__(self, coreset_ratio: float = 0.1, projection_dim: int | None = 128, seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
+    The greedy loop reads the whole bank once per step, so it is bound by memory bandwidth: a bfloat16 copy
+    of a 64-dimensional projection is a quarter of the bytes of a float32 128-dimensional one. The running
+    ``min_dist`` stays in float32; centring keeps ||z||^2 small, so the rounding of
+    ||z||^2 - 2 z.c + ||c||^2 stays small next to the distances. The start point is drawn as in ``greedy_coreset``.
+    """
+    from tqdm.auto import tqdm
+
+    n = min(n, len(features))
+    g = torch.Generator().manual_seed(seed)
+    z = features
+    if projection_dim is not None and projection_dim < features.shape[1]:
+        psi = torch.randn(features.shape[1], projection_dim, generator=g) / math.sqrt(projection_dim)
+        z = features @ psi.to(features)
+    z = z - z.mean(0)  # distances do not change; norms (and rounding errors) shrink
+    z_low = z.to(dtype).contiguous()  # [N, d*] in low precision: the only big array the loop reads
+    z_sq = z.pow(2).sum(1).to(dtype)  # ||z||^2  [N]
+    selected = torch.empty(n, dtype=torch.long)
+    selected[0] = torch.randint(len(z), (1,), generator=g).item()
+    min_dist = torch.full((len(z),), float("inf"))  # float32 squared distance to the coreset
+    for t in tqdm(range(1, n), desc="coreset", disable=not progress, mininterval=1):
+        c = z_low[selected[t - 1]]
+        d2 = torch.addmv(z_sq + (c.float() @ c.float()).to(dtype), z_low, c, alpha=-2)
+        torch.minimum(min_dist, d2.float(), out=min_dist)
+        selected[t] = torch.argmax(min_dist)
+    return selected
+
+
+class PatchCore(KNNDetector):
+    """PatchCore: kNN scoring against a greedy coreset of ``coreset_ratio`` of the training patches.
+
+    ``coreset_impl="fast"`` (default) selects with ``greedy_coreset_fast`` (bfloat16, projection to 64),
+    ``"reference"`` with ``greedy_coreset`` (float32, projection to 128); ``projection_dim`` overrides
+    either. The image score is the maximum raw patch score, as in the official code.
+    """
+
+    def __init__(self, coreset_ratio: float = 0.1, projection_dim: int | None = -1, seed: int = 0,
+                 coreset_impl: str = "fast", image_score: str = "patch_max", **kwargs):
+        super().__init__(image_score=image_score, **kwargs)
+        if coreset_impl not in ("fast", "reference"):
+            raise ValueError(f"coreset_impl must be 'fast' or 'reference', got {coreset_impl!r}")
+        if projection_dim == -1:  # each implementation's own default
+            projection_dim = 64 if coreset_impl == "fast" else 128
         self.coreset_ratio, self.projection_dim, self.seed = coreset_ratio, projection_dim, seed
+        self.coreset_impl = coreset_impl
 
     def build(self, train_embedding):
         patches = to_patches(train_embedding)
         n = max(1, int(round(self.coreset_ratio * len(patches))))
+        select = greedy_coreset_fast if self.coreset_impl == "fast" else greedy_coreset
         start = time.perf_counter()
-        idx = greedy_coreset(patches, n, self.projection_dim, self.seed)
+        idx = select(patches, n, self.projection_dim, self.seed)
         self.coreset_seconds = time.perf_counter() - start
         self.memory_bank = patches[idx]
