@@ -177,3 +177,46 @@ def update_readme(readme: Path | None = None, results_dir: Path | None = None) -
         runtimes = json.loads(runtimes_path.read_text())
         changed |= replace_between(readme, SYLLABUS_BEGIN, SYLLABUS_END, syllabus_with_minutes(table, runtimes))
     return changed
+
+
+_SETTING_KEYS = {"alpha": "alpha", "lambda": "lam", "lam": "lam", "t": "n_steps", "n_steps": "n_steps"}
+_MODEL_KEYS = {"l2-ae": "l2", "ssim-ae": "ssim", "vae": "vae", "l2": "l2", "ssim": "ssim"}
+
+
+def _settings_from_notes(notes: str) -> dict:
+    """Lesson 06's older JSON kept its choices in ``notes``: "L2-AE: alpha=5, lambda=0, T=40; SSIM-AE: ..."."""
+    import re
+
+    found = {}
+    for model, body in re.findall(r"([A-Za-z0-9-]+):\s*((?:\s*[A-Za-z_]+\s*=\s*[-0-9.eE]+\s*,?)+)", notes):
+        key = _MODEL_KEYS.get(model.lower())
+        if key is None:
+            continue
+        pairs = re.findall(r"([A-Za-z_]+)\s*=\s*([-0-9.eE]+)", body)
+        values = {_SETTING_KEYS[k.lower()]: float(v) for k, v in pairs if k.lower() in _SETTING_KEYS}
+        if "n_steps" in values:
+            values["n_steps"] = int(values["n_steps"])
+        if values:
+            found[key] = values
+    return found
+
+
+def lesson_settings(lesson: str, results_dir: Path | None = None) -> dict:
+    """The settings a lesson chose (on its validation split), read from ``results/<lesson>.json``.
+
+    The lesson's ``save_result`` writes them under the key ``chosen_settings`` (for lesson 06:
+    ``{"l2": {"alpha": .., "lam": .., "n_steps": ..}, "ssim": {...}, "vae": {...}}``). A JSON written
+    before that key existed is read from its ``notes`` ("L2-AE: alpha=5, lambda=0, T=40; ..."). This is the
+    one place the leaderboard takes another lesson's choices from: never a hand copy.
+    """
+    d = Path(results_dir) if results_dir else RESULTS_DIR
+    matches = sorted(d.glob(f"{lesson}*.json")) if not (d / f"{lesson}.json").exists() else [d / f"{lesson}.json"]
+    if not matches:
+        raise FileNotFoundError(f"no {d}/{lesson}*.json: run that lesson in the cpu profile first "
+                                f"(`python -m anomaly_utils.course --profile cpu notebooks/{lesson}*.ipynb`).")
+    payload = json.loads(matches[0].read_text())
+    settings = payload.get("chosen_settings") or _settings_from_notes(payload.get("notes", ""))
+    if not settings:
+        raise KeyError(f"{matches[0]} holds no 'chosen_settings' (and none could be read from its notes): "
+                       "rerun that lesson so that its save_result records the settings it chose.")
+    return settings
