@@ -137,7 +137,7 @@ def make_registry() -> dict:
             n_iter=_epochs(5, 100, 500), search_lr=0.1, device=dev), data=("mnist",)),
         MethodSpec("GANomaly", "04", lambda d: GANomaly(
             isize=gan_size(d), nz=100, ngf=16, ndf=16, nc=3 if family(d) == "real" else 1,
-            epochs=_epochs(1, 10, 15) if family(d) != "real" else _epochs(1, 60, 200), batch_size=32, device=dev),
+            epochs=_epochs(1, 10, 15) if family(d) != "real" else _epochs(1, 15, 200), batch_size=32, device=dev),
             data=("mnist", "textures", "real")),
         MethodSpec("L2-AE", "05", lambda d: ae("l2", d), data=("textures", "real")),
         MethodSpec("SSIM-AE", "05", lambda d: ae("ssim", d), data=("textures", "real")),
@@ -159,7 +159,7 @@ def make_registry() -> dict:
 # lesson 06's projection settings as lesson 06 chose them on its validation split (cpu profile run; the
 # same values in every profile), read from results/06_gradient_projection.json: never a hand copy
 GRAD_SETTINGS = lesson_settings("06_gradient_projection")
-REAL_AE_EPOCHS = 150  # cpu profile, real data: 150 steps of one batch of 26-30 images
+REAL_AE_EPOCHS = 40  # cpu profile, real data: 40 steps of one batch of 26-30 images (runtime budget)
 
 METHODS = make_registry()
 
