@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup lab test unit notebooks course bench export mvtec lint clean
+.PHONY: setup lab test unit notebooks course bench export mvtec student lint clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,9 @@ export: setup         ## copy #@save cells of the notebooks into anomaly_utils/l
 
 mvtec: setup          ## download MVTec AD (needs internet; CATEGORIES="bottle carpet" for some) into data/downloads/
 	$(PY) -m anomaly_utils.download mvtec $(if $(CATEGORIES),--categories $(CATEGORIES))
+
+student: setup        ## write student/ (git-ignored): every notebook with solution cells emptied, outputs cleared
+	$(PY) -m anomaly_utils.student
 
 lint: setup
 	$(VENV)/bin/ruff check anomaly_utils tests notebooks

@@ -18,6 +18,7 @@ RESULTS_DIR = REPO_ROOT / "results"
 README = REPO_ROOT / "README.md"
 TABLE_BEGIN, TABLE_END = "<!-- results:begin -->", "<!-- results:end -->"
 SYLLABUS_BEGIN, SYLLABUS_END = "<!-- syllabus:begin -->", "<!-- syllabus:end -->"
+SCHEDULE_BEGIN, SCHEDULE_END = "<!-- schedule:begin -->", "<!-- schedule:end -->"  # teaching schedule
 
 
 def result_row(method: str, dataset: str, image_auroc=None, pixel_auroc=None, aupro=None,
@@ -96,37 +97,58 @@ def results_table(results_dir: Path | None = None, mean_over_classes: bool = Tru
     return "\n".join(lines)
 
 
-def summary_table(results_dir: Path | None = None) -> str:
-    """The README's compact table: one row per method, means over mnist classes and texture categories.
+REAL_FAMILIES = ("piped", "mvtec")  # the real-data families, as the leaderboard names them ("piped/<type>")
 
-    Made from the leaderboard's JSON (every method on the same splits) when it exists, else from
-    every lesson's JSON.
+
+def _family(dataset: str) -> str:
+    head = dataset.split("/")[0]
+    return "real" if head in REAL_FAMILIES else head
+
+
+def summary_table(results_dir: Path | None = None) -> str:
+    """The README's compact table: one row per method, PIPED first, then textures, then mnist.
+
+    Columns: mean image AUROC, pixel AUROC and AUPRO over the real-data types (PIPED, or MVTec AD when the
+    leaderboard ran with ``AD_DATA=mvtec``; the header names it), then the same over the texture categories,
+    then the mean image AUROC over the mnist classes; fit seconds and ms per image are means over every row.
+    Rows are sorted by real-data AUPRO (methods without it follow, in lesson order). Made from the
+    leaderboard's JSON (every method on the same splits) when it exists, else from every lesson's JSON.
     """
     results = load_results(results_dir)
     board = [r for r in results if r["lesson"] == "09_leaderboard"]
     results = board or results
-    lines = ["| lesson | method | mnist image AUROC | textures image AUROC | textures pixel AUROC | "
-             "textures AUPRO | fit s | ms / image | profile |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for res in results:
-        methods = list(dict.fromkeys(row["method"] for row in res["rows"]))
-        for method in methods:
-            rows = [r for r in res["rows"] if r["method"] == method]
-            mnist = [r for r in rows if r["dataset"].rpartition("/")[0] == "mnist"]
-            tex = [r for r in rows if r["dataset"].startswith("textures/")]
-            if not (mnist or tex):
-                continue
+    real_name = next((row["dataset"].split("/")[0] for res in results for row in res["rows"]
+                      if _family(row["dataset"]) == "real"), "piped")
+    label = {"piped": "PIPED", "mvtec": "MVTec AD"}.get(real_name, real_name)
 
-            def mean(sel, key):
-                vals = [r.get(key) for r in sel if r.get(key) is not None]
-                return sum(vals) / len(vals) if vals else None
-            fit, ms = mean(mnist + tex, "train_seconds"), mean(mnist + tex, "infer_ms_per_image")
+    def mean(sel, key):
+        vals = [r.get(key) for r in sel if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    entries = []
+    for res in results:
+        for method in dict.fromkeys(row["method"] for row in res["rows"]):
+            rows = [r for r in res["rows"] if r["method"] == method]
+            real = [r for r in rows if _family(r["dataset"]) == "real"]
+            tex = [r for r in rows if _family(r["dataset"]) == "textures"]
+            mnist = [r for r in rows if r["dataset"].rpartition("/")[0] == "mnist"]
+            if not (real or tex or mnist):
+                continue
+            everything = real + tex + mnist
+            fit, ms = mean(everything, "train_seconds"), mean(everything, "infer_ms_per_image")
+            cells = [mean(real, "image_auroc"), mean(real, "pixel_auroc"), mean(real, "aupro"),
+                     mean(tex, "image_auroc"), mean(tex, "pixel_auroc"), mean(tex, "aupro"),
+                     mean(mnist, "image_auroc")]
             lesson = rows[0].get("lesson", res["lesson"])
-            lines.append(f"| {lesson} | {method} | {_fmt(mean(mnist, 'image_auroc'))} | "
-                         f"{_fmt(mean(tex, 'image_auroc'))} | {_fmt(mean(tex, 'pixel_auroc'))} | "
-                         f"{_fmt(mean(tex, 'aupro'))} | {'–' if fit is None else f'{fit:.1f}'} | "
-                         f"{'–' if ms is None else f'{ms:.1f}'} | {res['profile']} |")
-    return "\n".join(lines)
+            entries.append((cells[2], len(entries), f"| {lesson} | {method} | " + " | ".join(_fmt(v) for v in cells)
+                            + f" | {'–' if fit is None else f'{fit:.1f}'} | {'–' if ms is None else f'{ms:.1f}'} | "
+                            f"{res['profile']} |"))
+    entries.sort(key=lambda e: (e[0] is None, -(e[0] or 0.0), e[1]))
+    lines = [f"| lesson | method | {label} image AUROC | {label} pixel AUROC | {label} AUPRO | "
+             "textures image AUROC | textures pixel AUROC | textures AUPRO | mnist image AUROC | fit s | "
+             "ms / image | profile |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(lines + [e[2] for e in entries])
 
 
 def replace_between(path: Path, begin: str, end: str, text: str) -> bool:
@@ -167,13 +189,58 @@ def syllabus_with_minutes(table: str, runtimes: dict) -> str:
 
 
 def update_readme(readme: Path | None = None, results_dir: Path | None = None) -> bool:
-    """Regenerate the README's results table and, if it has them, the syllabus's minutes columns."""
+    """Regenerate the README's results table and, if it has them, the minutes columns of the syllabus and of
+    the teaching schedule (both from ``results/runtimes.json``)."""
     readme = Path(readme) if readme else README
     changed = replace_between(readme, TABLE_BEGIN, TABLE_END, summary_table(results_dir))
     runtimes_path = (Path(results_dir) if results_dir else RESULTS_DIR) / "runtimes.json"
-    text = readme.read_text()
-    if SYLLABUS_BEGIN in text and runtimes_path.exists():
-        table = text.split(SYLLABUS_BEGIN, 1)[1].split(SYLLABUS_END, 1)[0].strip("\n")
-        runtimes = json.loads(runtimes_path.read_text())
-        changed |= replace_between(readme, SYLLABUS_BEGIN, SYLLABUS_END, syllabus_with_minutes(table, runtimes))
+    for begin, end in ((SYLLABUS_BEGIN, SYLLABUS_END), (SCHEDULE_BEGIN, SCHEDULE_END)):
+        text = readme.read_text()
+        if begin in text and runtimes_path.exists():
+            table = text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+            runtimes = json.loads(runtimes_path.read_text())
+            changed |= replace_between(readme, begin, end, syllabus_with_minutes(table, runtimes))
     return changed
+
+
+_SETTING_KEYS = {"alpha": "alpha", "lambda": "lam", "lam": "lam", "t": "n_steps", "n_steps": "n_steps"}
+_MODEL_KEYS = {"l2-ae": "l2", "ssim-ae": "ssim", "vae": "vae", "l2": "l2", "ssim": "ssim"}
+
+
+def _settings_from_notes(notes: str) -> dict:
+    """Lesson 06's older JSON kept its choices in ``notes``: "L2-AE: alpha=5, lambda=0, T=40; SSIM-AE: ..."."""
+    import re
+
+    found = {}
+    for model, body in re.findall(r"([A-Za-z0-9-]+):\s*((?:\s*[A-Za-z_]+\s*=\s*[-0-9.eE]+\s*,?)+)", notes):
+        key = _MODEL_KEYS.get(model.lower())
+        if key is None:
+            continue
+        pairs = re.findall(r"([A-Za-z_]+)\s*=\s*([-0-9.eE]+)", body)
+        values = {_SETTING_KEYS[k.lower()]: float(v) for k, v in pairs if k.lower() in _SETTING_KEYS}
+        if "n_steps" in values:
+            values["n_steps"] = int(values["n_steps"])
+        if values:
+            found[key] = values
+    return found
+
+
+def lesson_settings(lesson: str, results_dir: Path | None = None) -> dict:
+    """The settings a lesson chose (on its validation split), read from ``results/<lesson>.json``.
+
+    The lesson's ``save_result`` writes them under the key ``chosen_settings`` (for lesson 06:
+    ``{"l2": {"alpha": .., "lam": .., "n_steps": ..}, "ssim": {...}, "vae": {...}}``). A JSON written
+    before that key existed is read from its ``notes`` ("L2-AE: alpha=5, lambda=0, T=40; ..."). This is the
+    one place the leaderboard takes another lesson's choices from: never a hand copy.
+    """
+    d = Path(results_dir) if results_dir else RESULTS_DIR
+    matches = sorted(d.glob(f"{lesson}*.json")) if not (d / f"{lesson}.json").exists() else [d / f"{lesson}.json"]
+    if not matches:
+        raise FileNotFoundError(f"no {d}/{lesson}*.json: run that lesson in the cpu profile first "
+                                f"(`python -m anomaly_utils.course --profile cpu notebooks/{lesson}*.ipynb`).")
+    payload = json.loads(matches[0].read_text())
+    settings = payload.get("chosen_settings") or _settings_from_notes(payload.get("notes", ""))
+    if not settings:
+        raise KeyError(f"{matches[0]} holds no 'chosen_settings' (and none could be read from its notes): "
+                       "rerun that lesson so that its save_result records the settings it chose.")
+    return settings

@@ -5,6 +5,8 @@ import json
 import pytest
 
 from anomaly_utils.results import (
+    SCHEDULE_BEGIN,
+    SCHEDULE_END,
     SYLLABUS_BEGIN,
     SYLLABUS_END,
     TABLE_BEGIN,
@@ -135,3 +137,38 @@ def test_runtime_line_missing_is_reported():
     nb = runtime_notebook("**Runtime**: a few minutes.")
     assert not update_runtime_line(nb, "cpu", 60.0)
     assert nb.cells[1].source == "**Runtime**: a few minutes."
+
+
+def test_summary_table_leads_with_piped(tmp_path, monkeypatch):
+    from anomaly_utils.results import summary_table
+
+    monkeypatch.setenv("AD_PROFILE", "cpu")
+    rows = [result_row("z-score", "piped/a", 1.0, 0.9, 0.5, 0.1, 1.0, lesson="00"),
+            result_row("z-score", "piped/b", 0.8, 0.7, 0.3, 0.3, 3.0, lesson="00"),
+            result_row("z-score", "textures/brick", 0.6, 0.6, 0.2, 0.2, 2.0, lesson="00"),
+            result_row("PaDiM", "piped/a", 1.0, 0.99, 0.9, 1.0, 10.0, lesson="07"),
+            result_row("PaDiM", "piped/b", 1.0, 0.97, 0.8, 1.0, 10.0, lesson="07"),
+            result_row("1-NN pixels", "mnist/0", 0.9, None, None, 0.0, 1.0, lesson="00"),
+            result_row("1-NN pixels", "mnist/1", 0.7, None, None, 0.0, 1.0, lesson="00")]
+    save_result("09_leaderboard", rows, results_dir=tmp_path)
+    lines = summary_table(tmp_path).splitlines()
+    assert lines[0].startswith("| lesson | method | PIPED image AUROC | PIPED pixel AUROC | PIPED AUPRO | textures")
+    assert len(lines) == 5
+    # sorted by PIPED AUPRO: PaDiM (0.85), z-score (0.4), then the method without PIPED rows
+    assert lines[2] == "| 07 | PaDiM | 1.000 | 0.980 | 0.850 | – | – | – | – | 1.0 | 10.0 | cpu |"
+    assert lines[3] == "| 00 | z-score | 0.900 | 0.800 | 0.400 | 0.600 | 0.600 | 0.200 | – | 0.2 | 2.0 | cpu |"
+    assert lines[4] == "| 00 | 1-NN pixels | – | – | – | – | – | – | 0.800 | 0.0 | 1.0 | cpu |"
+
+
+def test_update_readme_fills_the_teaching_schedule(two_lessons, tmp_path):
+    (two_lessons / "runtimes.json").write_text(json.dumps({"02_fcdd": {"cpu": 600.0}, "00_primer": {"cpu": 30.0}}))
+    readme = tmp_path / "README.md"
+    schedule = ("| # | session | covers | cpu min | gpu min |\n|---|---|---|---|---|\n"
+                "| 00 | 1. The problem | metrics | – | – |\n| 02 | 2. FCDD | maps | – | – |\n"
+                "| all | **2 sessions** | | – | – |")
+    readme.write_text(f"{TABLE_BEGIN}\n{TABLE_END}\n\n{SCHEDULE_BEGIN}\n{schedule}\n{SCHEDULE_END}\n")
+    assert update_readme(readme, two_lessons) is True
+    text = readme.read_text()
+    assert "| 00 | 1. The problem | metrics | 0.5 | – |" in text
+    assert "| 02 | 2. FCDD | maps | 10.0 | – |" in text
+    assert "| all | **2 sessions** | | 10.5 | – |" in text
