@@ -225,13 +225,31 @@ def _settings_from_notes(notes: str) -> dict:
     return found
 
 
-def lesson_settings(lesson: str, results_dir: Path | None = None) -> dict:
-    """The settings a lesson chose (on its validation split), read from ``results/<lesson>.json``.
+_GRAD_METHODS = {"L2-AE-grad": "l2", "SSIM-AE-grad": "ssim", "VAE-grad": "vae"}
 
-    The lesson's ``save_result`` writes them under the key ``chosen_settings`` (for lesson 06:
-    ``{"l2": {"alpha": .., "lam": .., "n_steps": ..}, "ssim": {...}, "vae": {...}}``). A JSON written
-    before that key existed is read from its ``notes`` ("L2-AE: alpha=5, lambda=0, T=40; ..."). This is the
-    one place the leaderboard takes another lesson's choices from: never a hand copy.
+
+def _settings_from_rows(rows: list, data: str) -> dict:
+    """Lesson 06 writes each projection row's ``grad_settings``; one choice per model for data set family ``data``."""
+    found = {}
+    for row in rows:
+        model = _GRAD_METHODS.get(row.get("method"))
+        if model is None or "grad_settings" not in row or not row.get("dataset", "").startswith(data + "/"):
+            continue
+        settings = {k: (int(v) if k == "n_steps" else float(v)) for k, v in row["grad_settings"].items()}
+        if found.setdefault(model, settings) != settings:
+            raise ValueError(f"lesson 06 chose different settings for {row['method']} on two {data} categories "
+                             f"({found[model]} and {settings}); the leaderboard needs one per data set family.")
+    return found
+
+
+def lesson_settings(lesson: str, data: str = "textures", results_dir: Path | None = None) -> dict:
+    """The settings a lesson chose on its validation split for data set family ``data``, read from ``results/``.
+
+    Lesson 06 writes them into each projection row of ``results/06_gradient_projection.json`` as
+    ``grad_settings`` (``{"alpha", "lam", "n_steps"}``), chosen separately on the textures' and on PIPED's
+    validation splits; a ``chosen_settings`` key (``{model: {...}}``) or, for an older JSON, its ``notes``
+    ("L2-AE: alpha=5, lambda=0, T=40; ...") are read too. This is the one place the leaderboard takes another
+    lesson's choices from: never a hand copy.
     """
     d = Path(results_dir) if results_dir else RESULTS_DIR
     matches = sorted(d.glob(f"{lesson}*.json")) if not (d / f"{lesson}.json").exists() else [d / f"{lesson}.json"]
@@ -239,8 +257,9 @@ def lesson_settings(lesson: str, results_dir: Path | None = None) -> dict:
         raise FileNotFoundError(f"no {d}/{lesson}*.json: run that lesson in the cpu profile first "
                                 f"(`python -m anomaly_utils.course --profile cpu notebooks/{lesson}*.ipynb`).")
     payload = json.loads(matches[0].read_text())
-    settings = payload.get("chosen_settings") or _settings_from_notes(payload.get("notes", ""))
+    settings = (payload.get("chosen_settings") or _settings_from_rows(payload.get("rows", []), data)
+                or _settings_from_notes(payload.get("notes", "")))
     if not settings:
-        raise KeyError(f"{matches[0]} holds no 'chosen_settings' (and none could be read from its notes): "
-                       "rerun that lesson so that its save_result records the settings it chose.")
+        raise KeyError(f"{matches[0]} holds no 'chosen_settings' (and none could be read from its rows or "
+                       "notes): rerun that lesson so that its save_result records the settings it chose.")
     return settings

@@ -127,9 +127,10 @@ def test_cfa_on_mvtec_layout(tmp_path):
     from anomaly_utils.loaders import load_mvtec
 
     train, test = load_mvtec(write_mvtec_fixture(tmp_path), "tile", size=32)
-    det = CFA(embedding=PatchEmbedding(), epochs=3, batch_size=2).fit(train)
+    det = CFA(embedding=PatchEmbedding(), epochs=6, batch_size=2).fit(train)
     assert det.memory_bank.shape == (16, 152)  # T = 4 x 4 patches at stride 8
-    assert len(det.history["L_att"]) == 3 and det.history["L_att"][-1] < det.history["L_att"][0]
+    att = det.history["L_att"]  # noisy on 4 images in batches of 2: compare the last three epochs with the first
+    assert len(att) == 6 and sum(att[-3:]) / 3 < att[0]
     assert min(det.history["rep_active"]) > 0  # r = "auto", learned: the repulsion acts
     assert det.radius.requires_grad and det.history["r"][-1] != det.radius.new_tensor(0)
     paper = CFA(embedding=PatchEmbedding(), epochs=2, batch_size=2, r=1e-5, learn_r=False, bank="ema").fit(train)

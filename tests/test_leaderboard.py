@@ -11,11 +11,26 @@ def test_grad_settings_equal_lesson_06_json():
     from anomaly_utils.lessons.leaderboard import GRAD_SETTINGS
 
     payload = json.loads((RESULTS_DIR / "06_gradient_projection.json").read_text())
-    expected = payload.get("chosen_settings") or _settings_from_notes(payload["notes"])
-    assert set(expected) == {"l2", "ssim", "vae"}
-    for model, values in expected.items():
-        for key, value in values.items():
-            assert GRAD_SETTINGS[model][key] == pytest.approx(value), (model, key)
+    models = {"L2-AE-grad": "l2", "SSIM-AE-grad": "ssim", "VAE-grad": "vae"}
+    for data in ("textures", "piped"):
+        rows = [r for r in payload["rows"] if r["method"] in models and r["dataset"].startswith(data + "/")]
+        assert {models[r["method"]] for r in rows} == {"l2", "ssim", "vae"}
+        for r in rows:  # every category's row holds the settings the leaderboard runs
+            for key, value in r["grad_settings"].items():
+                assert GRAD_SETTINGS[data][models[r["method"]]][key] == pytest.approx(value), (data, r["method"], key)
+
+
+def test_settings_read_per_family_and_inconsistent_rows_refused(tmp_path):
+    row = lambda m, d, a: {"method": m, "dataset": d, "grad_settings": {"alpha": a, "lam": 0.5, "n_steps": 10}}  # noqa: E731
+    rows = [row("L2-AE-grad", "textures/brick", 15.0), row("L2-AE-grad", "textures/grass", 15.0),
+            row("L2-AE-grad", "piped/PA_X", 5.0), row("L2-AE", "textures/brick", 1.0)]
+    (tmp_path / "06_g.json").write_text(json.dumps({"notes": "", "rows": rows}))
+    assert lesson_settings("06_g", "textures", tmp_path) == {"l2": {"alpha": 15.0, "lam": 0.5, "n_steps": 10}}
+    assert lesson_settings("06_g", "piped", tmp_path)["l2"]["alpha"] == 5.0
+    rows.append(row("L2-AE-grad", "textures/gravel", 1.0))
+    (tmp_path / "06_h.json").write_text(json.dumps({"notes": "", "rows": rows}))
+    with pytest.raises(ValueError, match="different settings"):
+        lesson_settings("06_h", "textures", tmp_path)
 
 
 def test_settings_parsed_from_old_notes():
