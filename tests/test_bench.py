@@ -45,5 +45,6 @@ def test_coreset_row_times_reference_and_fast_on_the_same_data():
     assert rows[0]["patches"] == rows[1]["patches"] == 4 * 8 * 8
     assert rows[0]["coreset"] == rows[1]["coreset"] == round(0.1 * 4 * 8 * 8)
     table = bench.coreset_table(rows).splitlines()
-    assert table[2].startswith("| reference | textures/brick@64px x4 | 256 -> 26 |")
+    assert rows[0]["same_picks_as_reference"] == 1.0 and rows[1]["same_picks_as_reference"] >= 0.9
+    assert table[2].startswith("| reference | textures/brick@64px x4 | 256 -> 26 | 100.0% |")
     assert table[3].startswith("| fast |")

@@ -16,15 +16,16 @@ class LeNetEncoder(nn.Module):
     Each block is conv 5x5 -> BatchNorm -> leaky ReLU (slope 0.01, as the official code's F.leaky_relu)
     -> max-pool 2. With ``bias=False`` (the
     paper's choice) no layer has a bias and BatchNorm has no affine shift, so phi cannot output a
-    constant vector without looking at the input.
+    constant vector without looking at the input. ``batch_norm=False`` drops BatchNorm (which
+    re-spreads every channel over each batch) to watch the collapse.
     """
 
-    def __init__(self, in_channels=1, image_size=28, channels=(8, 4), rep_dim=32, bias=False):
+    def __init__(self, in_channels=1, image_size=28, channels=(8, 4), rep_dim=32, bias=False, batch_norm=True):
         super().__init__()
         layers, c = [], in_channels
         for c_out in channels:
-            layers += [nn.Conv2d(c, c_out, 5, padding=2, bias=bias),
-                       nn.BatchNorm2d(c_out, eps=1e-4, affine=bias), nn.LeakyReLU(0.01), nn.MaxPool2d(2)]
+            norm = [nn.BatchNorm2d(c_out, eps=1e-4, affine=bias)] if batch_norm else []
+            layers += [nn.Conv2d(c, c_out, 5, padding=2, bias=bias), *norm, nn.LeakyReLU(0.01), nn.MaxPool2d(2)]
             c = c_out
         self.features = nn.Sequential(*layers)
         side = image_size // 2 ** len(channels)
@@ -113,27 +114,28 @@ class DeepSVDD:
         channels, rep_dim: the LeNet-type encoder (rep_dim is the dimension of phi(x) and c).
         epochs, lr, weight_decay, batch_size: the SVDD training schedule (Adam).
         pretrain_epochs: autoencoder pre-training epochs (0 = none; the encoder starts random).
-        bias, learn_center: switch on what the paper forbids, to watch the hypersphere collapse.
+        bias, learn_center, batch_norm: switch on what the paper forbids (or off the BatchNorm it keeps),
+            to watch the hypersphere collapse.
     ``predict(images [N, C, H, W]) -> (pred_score [N], None)``; the score is ||phi(x) - c||^2
     (minus R^2 for soft-boundary).
     """
 
     def __init__(self, objective="one-class", nu=0.1, channels=(8, 4), rep_dim=32, epochs=20, lr=1e-3,
                  weight_decay=1e-6, batch_size=64, pretrain_epochs=0, eps=0.1, bias=False, learn_center=False,
-                 device="cpu", seed=0, progress=True):
+                 batch_norm=True, device="cpu", seed=0, progress=True):
         if objective not in ("one-class", "soft-boundary"):
             raise ValueError(f"objective must be 'one-class' or 'soft-boundary', got {objective!r}.")
         self.objective, self.nu, self.channels, self.rep_dim = objective, nu, tuple(channels), rep_dim
         self.epochs, self.lr, self.weight_decay, self.batch_size = epochs, lr, weight_decay, batch_size
         self.pretrain_epochs, self.eps, self.bias, self.learn_center = pretrain_epochs, eps, bias, learn_center
-        self.device, self.seed, self.progress = torch.device(device), seed, progress
+        self.batch_norm, self.device, self.seed, self.progress = batch_norm, torch.device(device), seed, progress
         self.history = {}
 
     def fit(self, train_dataset):
         torch.manual_seed(self.seed)
         images = train_dataset.images
         _, ch, h, _ = images.shape
-        self.net = LeNetEncoder(ch, h, self.channels, self.rep_dim, self.bias).to(self.device)
+        self.net = LeNetEncoder(ch, h, self.channels, self.rep_dim, self.bias, self.batch_norm).to(self.device)
         if self.pretrain_epochs:
             decoder = LeNetDecoder(ch, h, self.channels, self.rep_dim, self.bias).to(self.device)
             self.history["ae_loss"] = pretrain_autoencoder(
@@ -146,7 +148,8 @@ class DeepSVDD:
             self.c = nn.Parameter(self.c.clone())
             params.append(self.c)
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        self.history.update(loss=[], embedding_std=[])
+        # embedding_std[0]: the spread of phi(x) before training; then one entry per epoch
+        self.history.update(loss=[], embedding_std=[self.embed(images[:256]).std(0).mean().item()])
         for epoch in tqdm(range(self.epochs), desc="Deep SVDD", disable=not self.progress, leave=False):
             self.net.train()
             total = 0.0

@@ -263,14 +263,15 @@ def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int | None = 
     return selected
 
 
-def greedy_coreset_fast(features: torch.Tensor, n: int, projection_dim: int | None = 64, seed: int = 0,
-                        dtype: torch.dtype = torch.bfloat16, progress: bool = False) -> torch.Tensor:
-    """``greedy_coreset`` with a cheaper step: the projected bank is centred and stored in ``dtype`` (bfloat16).
+def greedy_coreset_fast(features: torch.Tensor, n: int, projection_dim: int | None = 128, seed: int = 0,
+                        candidate_fraction: float = 0.02, progress: bool = False) -> torch.Tensor:
+    """``greedy_coreset``'s selection with lazy updates: the same indices up to float rounding of near-ties.
 
-    The greedy loop reads the whole bank once per step, so it is bound by memory bandwidth: a bfloat16 copy
-    of a 64-dimensional projection is a quarter of the bytes of a float32 128-dimensional one. The running
-    ``min_dist`` stays in float32; centring keeps ||z||^2 small, so the rounding of
-    ||z||^2 - 2 z.c + ||c||^2 stays small next to the distances. The start point is drawn as in ``greedy_coreset``.
+    ``min_dist`` only decreases and each step needs only its maximum. Candidates are the
+    ``candidate_fraction`` of points farthest from the coreset at the last refresh (``min_dist >= tau``); only
+    they are updated each step. All other points are below ``tau``, so while the best candidate is at or
+    above ``tau`` it is the true argmax; when it drops below, every point is updated against the centres
+    added since the last refresh (one ``addmm``) and new candidates are drawn.
     """
     from tqdm.auto import tqdm
 
@@ -280,35 +281,45 @@ def greedy_coreset_fast(features: torch.Tensor, n: int, projection_dim: int | No
     if projection_dim is not None and projection_dim < features.shape[1]:
         psi = torch.randn(features.shape[1], projection_dim, generator=g) / math.sqrt(projection_dim)
         z = features @ psi.to(features)
-    z = z - z.mean(0)  # distances do not change; norms (and rounding errors) shrink
-    z_low = z.to(dtype).contiguous()  # [N, d*] in low precision: the only big array the loop reads
-    z_sq = z.pow(2).sum(1).to(dtype)  # ||z||^2  [N]
+    z_sq = z.pow(2).sum(1)  # ||z||^2  [N]
     selected = torch.empty(n, dtype=torch.long)
     selected[0] = torch.randint(len(z), (1,), generator=g).item()
-    min_dist = torch.full((len(z),), float("inf"))  # float32 squared distance to the coreset
+    min_dist = torch.full((len(z),), float("inf"), dtype=z.dtype)  # exact for the centres selected[:folded]
+    folded, tau = 0, float("inf")  # tau = inf: the first step refreshes
+    cand = torch.arange(len(z))  # candidate indices, their rows of z, their exact distances
+    z_c, z_sq_c, cand_dist = z, z_sq, min_dist.clone()
     for t in tqdm(range(1, n), desc="coreset", disable=not progress, mininterval=1):
-        c = z_low[selected[t - 1]]
-        d2 = torch.addmv(z_sq + (c.float() @ c.float()).to(dtype), z_low, c, alpha=-2)
-        torch.minimum(min_dist, d2.float(), out=min_dist)
-        selected[t] = torch.argmax(min_dist)
+        c = z[selected[t - 1]]
+        torch.minimum(cand_dist, torch.addmv(z_sq_c + c @ c, z_c, c, alpha=-2), out=cand_dist)
+        best = torch.argmax(cand_dist)
+        if cand_dist[best] < tau:  # a point outside the candidates may be the farthest now: refresh
+            centres = z[selected[folded:t]]
+            rows = max(1, 2**24 // len(centres))  # chunks of at most 16M distances (64 MB)
+            for i in range(0, len(z), rows):
+                d2 = torch.addmm(z_sq[i:i + rows, None] + centres.pow(2).sum(1), z[i:i + rows], centres.T, alpha=-2)
+                torch.minimum(min_dist[i:i + rows], d2.min(1).values, out=min_dist[i:i + rows])
+            folded = t
+            tau = torch.topk(min_dist, max(1, int(candidate_fraction * len(z)))).values[-1].item()
+            cand = torch.nonzero(min_dist >= tau).squeeze(1)
+            z_c, z_sq_c, cand_dist = z[cand], z_sq[cand], min_dist[cand].clone()
+            best = torch.argmax(cand_dist)
+        selected[t] = cand[best]
     return selected
 
 
 class PatchCore(KNNDetector):
     """PatchCore: kNN scoring against a greedy coreset of ``coreset_ratio`` of the training patches.
 
-    ``coreset_impl="fast"`` (default) selects with ``greedy_coreset_fast`` (bfloat16, projection to 64),
-    ``"reference"`` with ``greedy_coreset`` (float32, projection to 128); ``projection_dim`` overrides
-    either. The image score is the maximum raw patch score, as in the official code.
+    ``coreset_impl="fast"`` (default) selects with ``greedy_coreset_fast`` (lazy updates), ``"reference"``
+    with the plain loop of ``greedy_coreset``; both project to ``projection_dim`` (128, as the official code).
+    The image score is the maximum raw patch score, as in the official code.
     """
 
-    def __init__(self, coreset_ratio: float = 0.1, projection_dim: int | None = -1, seed: int = 0,
+    def __init__(self, coreset_ratio: float = 0.1, projection_dim: int | None = 128, seed: int = 0,
                  coreset_impl: str = "fast", image_score: str = "patch_max", **kwargs):
         super().__init__(image_score=image_score, **kwargs)
         if coreset_impl not in ("fast", "reference"):
             raise ValueError(f"coreset_impl must be 'fast' or 'reference', got {coreset_impl!r}")
-        if projection_dim == -1:  # each implementation's own default
-            projection_dim = 64 if coreset_impl == "fast" else 128
         self.coreset_ratio, self.projection_dim, self.seed = coreset_ratio, projection_dim, seed
         self.coreset_impl = coreset_impl
 
@@ -319,4 +330,5 @@ class PatchCore(KNNDetector):
         start = time.perf_counter()
         idx = select(patches, n, self.projection_dim, self.seed)
         self.coreset_seconds = time.perf_counter() - start
+        self.coreset_indices = idx  # which training patches were kept
         self.memory_bank = patches[idx]
