@@ -55,7 +55,7 @@ def _line_mask(dist: np.ndarray, half_width: float):
 
 
 def scratch(image: torch.Tensor, rng, photo=None):
-    """A cut: a short, slightly bent line, much darker (or lighter) than the texture, 2-4 px wide at 128 px."""
+    """A cut: a short, slightly bent line, much darker (or lighter) than the texture, 12-16 px wide at 128 px."""
     s = image.shape[-1]
     p0 = rng.uniform(0.2 * s, 0.8 * s, 2)
     angle = rng.uniform(0, np.pi)
@@ -64,8 +64,8 @@ def scratch(image: torch.Tensor, rng, photo=None):
     p1 = (p0 + p2) / 2 + rng.normal(0, 0.06 * s, 2)  # control point bends the line
     t = np.linspace(0, 1, 4 * s)[:, None]
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # quadratic Bezier
-    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(4.0, 6.0)))
-    target = image * 0.3 if rng.random() < 0.7 else 0.4 + 0.6 * image  # darker or lighter, grain kept
+    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(6.0, 8.0)))
+    target = image * 0.2 if rng.random() < 0.7 else 0.4 + 0.6 * image  # darker or lighter, grain kept
     return _blend(image, target, 0.9 * profile), torch.from_numpy(mask.astype(np.float32))
 
 
@@ -95,13 +95,13 @@ def stain(image: torch.Tensor, rng, photo=None):
     v = (-dy * np.sin(theta) + dx * np.cos(theta)) / rx
     r = np.sqrt(u**2 + v**2) + 0.3 * _smooth_noise(s, rng, scale=max(ry, rx))  # ragged edge
     alpha = np.clip((1 - r) / 0.2 + 0.5, 0, 1)
-    level = float(image.mean()) + rng.choice([-1, 1]) * rng.uniform(0.2, 0.3)
-    out = _blend(image, float(np.clip(level, 0.1, 0.9)), 0.9 * alpha)
+    level = float(image.mean()) + rng.choice([-1, 1]) * rng.uniform(0.3, 0.4)
+    out = _blend(image, float(np.clip(level, 0.05, 0.95)), 0.9 * alpha)
     return out, torch.from_numpy((alpha > 0.5).astype(np.float32))
 
 
 def thread(image: torch.Tensor, rng, photo=None):
-    """A loose thread: a long, thin, wavy fibre across the crop, lighter or darker than the texture."""
+    """A loose thread: a long, wavy fibre across the crop, 12-16 px wide at 128 px, lighter or darker than the texture."""
     s = image.shape[-1]
     centre = rng.uniform(0.35 * s, 0.65 * s, 2)  # the thread crosses the middle of the crop
     angle = rng.uniform(0, 2 * np.pi)
@@ -111,7 +111,7 @@ def thread(image: torch.Tensor, rng, photo=None):
     wave = rng.uniform(0.05, 0.1) * s * np.sin(2 * np.pi * t / (rng.uniform(0.2, 0.4) * s) + rng.uniform(0, 6))
     curve = centre + t[:, None] * direction + wave[:, None] * normal
     curve = curve[(curve >= 0).all(1) & (curve <= s - 1).all(1)]
-    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(3.0, 4.5)))
+    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(6.0, 8.0)))
     level = float(image.mean()) + rng.choice([-1, 1]) * 0.35
     return _blend(image, float(np.clip(level, 0.05, 0.95)), 0.9 * profile), torch.from_numpy(mask.astype(np.float32))
 
