@@ -70,7 +70,7 @@ def scratch(image: torch.Tensor, rng, photo=None):
 
 
 def hole(image: torch.Tensor, rng, photo=None):
-    """A hole: an irregular, nearly black pit with a light rim, 8-18 px across at 128 px."""
+    """A hole: an irregular, nearly black pit with a light rim, about 36-51 px across at 128 px."""
     s = image.shape[-1]
     yy, xx = _grid(s)
     cy, cx = rng.uniform(0.2 * s, 0.8 * s, 2)
@@ -117,7 +117,7 @@ def thread(image: torch.Tensor, rng, photo=None):
 
 
 def cutpaste(image: torch.Tensor, rng, photo=None):
-    """Foreign material: a patch of *another* texture photo, rotated, with this crop's mean and contrast.
+    """Foreign material: a patch of *another* texture photo, rotated, at this crop's mean grey level (own contrast).
 
     ``photo`` is the photo the crop came from; the patch is cut from a texture of another kind.
     """
