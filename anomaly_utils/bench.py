@@ -99,20 +99,7 @@ def _bench_one(name: str, dataset: str, repeats: int, queue) -> None:
 
 def _bench_in_fresh_process(ctx, name: str, dataset: str, repeats: int) -> dict:
     """``_bench_one`` in a new process; a row with an error if that process dies without answering."""
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_bench_one, args=(name, dataset, repeats, queue))
-    proc.start()
-    while True:
-        try:
-            row = queue.get(timeout=5)
-            break
-        except queue_module.Empty:
-            if not proc.is_alive():  # killed (out of memory, say) before it could put its row
-                row = {"method": name, "dataset": dataset,
-                       "error": f"the benchmark process died with exit code {proc.exitcode} (out of memory?)"}
-                break
-    proc.join()
-    return row
+    return _run_in_fresh_process(ctx, _bench_one, (name, dataset, repeats), {"method": name, "dataset": dataset})
 
 
 CORESET_DATA = dict(category="brick", size=224, crop=160, n_train=400, n_test=25)  # 160-px tiles, upsampled
@@ -159,7 +146,8 @@ def _bench_coreset(data: dict | None = None, queue=None) -> None:
 
 
 def _run_in_fresh_process(ctx, target, args, fallback: dict):
-    """``target(*args, queue)`` in a new process; ``[fallback + error]`` if that process dies without answering."""
+    """``target(*args, queue)`` in a new process: what it put on the queue, or ``fallback`` with an error if that
+    process dies without answering (killed for memory, say) instead of waiting for it forever."""
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
@@ -169,8 +157,8 @@ def _run_in_fresh_process(ctx, target, args, fallback: dict):
             break
         except queue_module.Empty:
             if not proc.is_alive():
-                out = [{**fallback, "error": f"the benchmark process died with exit code {proc.exitcode} "
-                                             "(out of memory?)"}]
+                out = {**fallback, "error": f"the benchmark process died with exit code {proc.exitcode} "
+                                            "(out of memory?)"}
                 break
     proc.join()
     return out
@@ -250,8 +238,9 @@ def main(argv=None) -> int:
     if args.only == "coreset":
         names = []
     if args.only != "methods":
-        payload["coreset_rows"] = _run_in_fresh_process(ctx, _bench_coreset, ({"n_train": args.coreset_images},), {"method": "PatchCore coreset",
-                                                                                   "dataset": "textures@224"})
+        rows_or_error = _run_in_fresh_process(ctx, _bench_coreset, ({"n_train": args.coreset_images},),
+                                              {"method": "PatchCore coreset", "dataset": "textures@224"})
+        payload["coreset_rows"] = rows_or_error if isinstance(rows_or_error, list) else [rows_or_error]
         for row in payload["coreset_rows"]:
             print(json.dumps(row), flush=True)
         out.write_text(json.dumps(payload, indent=1) + "\n")
