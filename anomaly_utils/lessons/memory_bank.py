@@ -233,6 +233,17 @@ class PaDiM(MemoryBankDetector):
         return m2.clamp_min(0).sqrt().T.reshape(n, h, w)
 
 
+def random_projection(features: torch.Tensor, projection_dim: int | None, generator: torch.Generator) -> torch.Tensor:
+    """PatchCore's psi: ``features [N, D] @`` a Gaussian ``[D, projection_dim]`` matrix scaled by 1 / sqrt(projection_dim).
+
+    Johnson-Lindenstrauss: distances are roughly kept. ``None`` (or ``projection_dim >= D``) returns the features.
+    """
+    if projection_dim is None or projection_dim >= features.shape[1]:
+        return features
+    psi = torch.randn(features.shape[1], projection_dim, generator=generator) / math.sqrt(projection_dim)
+    return features @ psi.to(features)
+
+
 def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int | None = 128, seed: int = 0,
                    progress: bool = False) -> torch.Tensor:
     """PatchCore's greedy k-centre coreset: indices ``[n]`` of rows of ``features [N, D]``.
@@ -246,10 +257,7 @@ def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int | None = 
 
     n = min(n, len(features))
     g = torch.Generator().manual_seed(seed)
-    z = features
-    if projection_dim is not None and projection_dim < features.shape[1]:
-        psi = torch.randn(features.shape[1], projection_dim, generator=g) / math.sqrt(projection_dim)
-        z = features @ psi.to(features)
+    z = random_projection(features, projection_dim, g)
     z_sq = z.pow(2).sum(1)  # ||z||^2  [N]
     zT = z.T.contiguous()  # [d*, N]: the layout in which the matrix-vector product reads memory fastest
     selected = torch.empty(n, dtype=torch.long)
@@ -277,10 +285,7 @@ def greedy_coreset_fast(features: torch.Tensor, n: int, projection_dim: int | No
 
     n = min(n, len(features))
     g = torch.Generator().manual_seed(seed)
-    z = features
-    if projection_dim is not None and projection_dim < features.shape[1]:
-        psi = torch.randn(features.shape[1], projection_dim, generator=g) / math.sqrt(projection_dim)
-        z = features @ psi.to(features)
+    z = random_projection(features, projection_dim, g)
     z_sq = z.pow(2).sum(1)  # ||z||^2  [N]
     selected = torch.empty(n, dtype=torch.long)
     selected[0] = torch.randint(len(z), (1,), generator=g).item()
