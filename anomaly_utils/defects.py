@@ -54,8 +54,13 @@ def _line_mask(dist: np.ndarray, half_width: float):
     return profile, profile >= 0.5
 
 
+def _rounded(dist: np.ndarray, half_width: float, shade: float = 0.5) -> torch.Tensor:
+    """Shading across a line, as on a round fibre or groove: 1 on its centre line, ``1 - shade`` at its edge."""
+    return torch.from_numpy((1 - shade * np.clip(dist / half_width, 0, 1) ** 2).astype(np.float32))
+
+
 def scratch(image: torch.Tensor, rng, photo=None):
-    """A cut: a short, slightly bent line, much darker (or lighter) than the texture, 12-16 px wide at 128 px."""
+    """A cut: a short, slightly bent groove, much darker (or lighter) than the texture, 14-18 px wide at 128 px."""
     s = image.shape[-1]
     p0 = rng.uniform(0.2 * s, 0.8 * s, 2)
     angle = rng.uniform(0, np.pi)
@@ -64,8 +69,10 @@ def scratch(image: torch.Tensor, rng, photo=None):
     p1 = (p0 + p2) / 2 + rng.normal(0, 0.06 * s, 2)  # control point bends the line
     t = np.linspace(0, 1, 4 * s)[:, None]
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # quadratic Bezier
-    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(6.0, 8.0)))
-    target = image * 0.2 if rng.random() < 0.7 else 0.4 + 0.6 * image  # darker or lighter, grain kept
+    dist, half_width = _curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(7.0, 9.0))
+    profile, mask = _line_mask(dist, half_width)
+    target = image * 0.2 if rng.random() < 0.7 else 0.7 + 0.3 * image  # darker or lighter, grain kept
+    target = target * _rounded(dist, half_width)  # shaded like a groove: darker towards its edges
     return _blend(image, target, 0.9 * profile), torch.from_numpy(mask.astype(np.float32))
 
 
@@ -101,7 +108,7 @@ def stain(image: torch.Tensor, rng, photo=None):
 
 
 def thread(image: torch.Tensor, rng, photo=None):
-    """A loose thread: a long, wavy fibre across the crop, 12-16 px wide at 128 px, lighter or darker than the texture."""
+    """A loose thread: a long, wavy, round fibre across the crop, 14-18 px wide at 128 px, lighter or darker than the texture."""
     s = image.shape[-1]
     centre = rng.uniform(0.35 * s, 0.65 * s, 2)  # the thread crosses the middle of the crop
     angle = rng.uniform(0, 2 * np.pi)
@@ -111,13 +118,17 @@ def thread(image: torch.Tensor, rng, photo=None):
     wave = rng.uniform(0.05, 0.1) * s * np.sin(2 * np.pi * t / (rng.uniform(0.2, 0.4) * s) + rng.uniform(0, 6))
     curve = centre + t[:, None] * direction + wave[:, None] * normal
     curve = curve[(curve >= 0).all(1) & (curve <= s - 1).all(1)]
-    profile, mask = _line_mask(_curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(6.0, 8.0)))
-    level = float(image.mean()) + rng.choice([-1, 1]) * 0.35
-    return _blend(image, float(np.clip(level, 0.05, 0.95)), 0.9 * profile), torch.from_numpy(mask.astype(np.float32))
+    dist, half_width = _curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(7.0, 9.0))
+    profile, mask = _line_mask(dist, half_width)
+    level = float(np.clip(float(image.mean()) + rng.choice([-1, 1]) * 0.35, 0.05, 0.95))
+    target = level * _rounded(dist, half_width)  # a round fibre: darker towards its edges
+    return _blend(image, target, 0.9 * profile), torch.from_numpy(mask.astype(np.float32))
 
 
 def cutpaste(image: torch.Tensor, rng, photo=None):
-    """Foreign material: a patch of *another* texture photo, rotated, at this crop's mean grey level (own contrast).
+    """Foreign material: a patch of *another* texture photo, rotated, with this crop's mean grey level and contrast.
+
+    Only its structure differs from the texture around it: per-pixel grey-level statistics cannot see it.
 
     ``photo`` is the photo the crop came from; the patch is cut from a texture of another kind.
     """
@@ -136,7 +147,7 @@ def cutpaste(image: torch.Tensor, rng, photo=None):
     ph, pw = patch.shape
     y, x = rng.integers(0, s - ph + 1), rng.integers(0, s - pw + 1)
     target = image[y:y + ph, x:x + pw]
-    patch = patch - patch.mean() + target.mean()  # the same mean grey level, its own contrast
+    patch = (patch - patch.mean()) / patch.std().clamp(min=1e-6) * target.std() + target.mean()  # same mean and std
     out = image.clone()
     out[y:y + ph, x:x + pw] = patch
     mask = torch.zeros(s, s)

@@ -116,5 +116,21 @@ def test_test_defects_are_visible(family, category):
         m = mask.bool()
         assert int(m.sum()) >= 150  # at least ~12 x 12 pixels of defect at 128 px
         changed = (out - image).abs()[m]
-        assert float(changed.mean()) > 0.1  # the defect changes its pixels by a tenth of the range on average
+        if family == "cutpaste":  # same mean and contrast by construction: only the structure changes,
+            assert float(changed.mean()) > float(image[m].std())  # by more than the texture's own spread
+        else:
+            assert float(changed.mean()) > 0.1  # the defect changes its pixels by a tenth of the range on average
 
+
+
+def test_cutpaste_keeps_mean_and_contrast_of_the_region():
+    """Foreign texture is a *structural* defect: the pasted patch has the grey-level mean and spread of what it covers."""
+    from anomaly_utils.data import texture_photo
+
+    photo = texture_photo("grass")
+    image = torch.from_numpy(photo[100:228, 100:228].copy())
+    out, mask = apply_defect("cutpaste", image, photo, np.random.default_rng(3))
+    m = mask.bool()
+    assert abs(float(out[m].mean() - image[m].mean())) < 0.02
+    assert abs(float(out[m].std() - image[m].std())) < 0.02
+    assert float((out - image).abs()[m].mean()) > 0.1  # yet the pixels are not the same
