@@ -54,6 +54,12 @@ def _line_mask(dist: np.ndarray, half_width: float):
     return profile, profile >= 0.5
 
 
+def _stroke(curve: np.ndarray, size: int, rng):
+    """A line along ``curve``, 14-18 px wide at 128 px: its distance map, half-width, profile and mask."""
+    dist, half_width = _curve_distance(curve[::2], size), max(0.5, size / 128 * rng.uniform(7.0, 9.0))
+    return (dist, half_width, *_line_mask(dist, half_width))
+
+
 def _rounded(dist: np.ndarray, half_width: float, shade: float = 0.5) -> torch.Tensor:
     """Shading across a line, as on a round fibre or groove: 1 on its centre line, ``1 - shade`` at its edge."""
     return torch.from_numpy((1 - shade * np.clip(dist / half_width, 0, 1) ** 2).astype(np.float32))
@@ -69,8 +75,7 @@ def scratch(image: torch.Tensor, rng, photo=None):
     p1 = (p0 + p2) / 2 + rng.normal(0, 0.06 * s, 2)  # control point bends the line
     t = np.linspace(0, 1, 4 * s)[:, None]
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # quadratic Bezier
-    dist, half_width = _curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(7.0, 9.0))
-    profile, mask = _line_mask(dist, half_width)
+    dist, half_width, profile, mask = _stroke(curve, s, rng)
     target = image * 0.2 if rng.random() < 0.7 else 0.7 + 0.3 * image  # darker or lighter, grain kept
     target = target * _rounded(dist, half_width)  # shaded like a groove: darker towards its edges
     return _blend(image, target, 0.9 * profile), torch.from_numpy(mask.astype(np.float32))
@@ -118,8 +123,7 @@ def thread(image: torch.Tensor, rng, photo=None):
     wave = rng.uniform(0.05, 0.1) * s * np.sin(2 * np.pi * t / (rng.uniform(0.2, 0.4) * s) + rng.uniform(0, 6))
     curve = centre + t[:, None] * direction + wave[:, None] * normal
     curve = curve[(curve >= 0).all(1) & (curve <= s - 1).all(1)]
-    dist, half_width = _curve_distance(curve[::2], s), max(0.5, s / 128 * rng.uniform(7.0, 9.0))
-    profile, mask = _line_mask(dist, half_width)
+    dist, half_width, profile, mask = _stroke(curve, s, rng)
     level = float(np.clip(float(image.mean()) + rng.choice([-1, 1]) * 0.35, 0.05, 0.95))
     target = level * _rounded(dist, half_width)  # a round fibre: darker towards its edges
     return _blend(image, target, 0.9 * profile), torch.from_numpy(mask.astype(np.float32))

@@ -122,7 +122,6 @@ def test_test_defects_are_visible(family, category):
             assert float(changed.mean()) > 0.1  # the defect changes its pixels by a tenth of the range on average
 
 
-
 def test_cutpaste_keeps_mean_and_contrast_of_the_region():
     """Foreign texture is a *structural* defect: the pasted patch has the grey-level mean and spread of what it covers."""
     from anomaly_utils.data import texture_photo
