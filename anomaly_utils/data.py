@@ -452,3 +452,109 @@ def load_textures(category: str = "brick", size: int = 64, n_train: int = 200, n
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
     """Repeat a grey channel three times: ``[N, 1, H, W] -> [N, 3, H, W]`` (colour images pass through)."""
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+# --------------------------------------------------------------------------- ELPV (real solar cells, image level)
+
+ELPV_CATEGORIES = ("mono", "poly")
+ELPV_SPLITS = ("val", "test", "uncertain")
+# How ELPV's cells of one type are split (seeded, no cell in two splits): the defect-free cells (defect
+# probability 0) 15 % to val, 25 % to test, the rest (60 %) to train; the certainly defective cells
+# (probability 1) 1/3 to val, 2/3 to test; the uncertain cells (1/3, 2/3) only in the "uncertain" split.
+ELPV_SPLIT = {"val_normal": 0.15, "test_normal": 0.25, "val_defective_fraction": 1 / 3}
+
+
+def _elpv_root() -> Path:
+    try:
+        import elpv_dataset
+    except ImportError as err:
+        raise ImportError("ELPV needs the PyPI package elpv-dataset (it carries the images): run `make setup`, "
+                          "or `pip install elpv-dataset`.") from err
+    return Path(elpv_dataset.__file__).resolve().parent / "data"
+
+
+@functools.lru_cache(maxsize=4)
+def _elpv_arrays(cell_type: str, size: int):
+    """``(images [N, size, size] uint8, probabilities [N])`` of one cell type, in the package's order."""
+    from PIL import Image
+
+    root = _elpv_root()
+    table = np.genfromtxt(root / "labels.csv", dtype=["U32", "f8", "U8"], names=["path", "probability", "type"])
+    keep = table["type"] == cell_type
+    images = []
+    for name in table["path"][keep]:
+        with Image.open(root / name) as im:
+            im = im.convert("L")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            images.append(np.asarray(im))
+    images = np.stack(images)
+    images.setflags(write=False)
+    return images, table["probability"][keep]
+
+
+def load_elpv(cell_type: str = "mono", size: int = 128, split: str = "test", seed: int = 0,
+              n_train: int | None = None):
+    """Real electroluminescence images of solar cells (ELPV), image level: no masks.
+
+    Buerhop-Lutz et al., "A benchmark for visual identification of defective solar cells in electroluminescence
+    imagery", EU PVSEC 2018; Deitsch et al., "Automatic classification of defective photovoltaic module cells in
+    electroluminescence images", Solar Energy 185, 2019. 2,624 grey 300 x 300 cells (1,074 monocrystalline,
+    1,550 polycrystalline) from the PyPI package ``elpv-dataset``; each carries an expert's defect probability
+    0, 1/3, 2/3 or 1. **License of the images: CC BY-NC-SA 4.0 (non-commercial use only).**
+
+    With ``seed``, the cells of probability 0 are split 15 % val / 25 % test / 60 % train, the cells of
+    probability 1 are split 1/3 val / 2/3 test; no cell is in two splits. The uncertain cells (1/3 and 2/3) are
+    kept out of val and test: ``split="uncertain"`` returns the test split's normal cells next to *all* uncertain
+    cells (label 1, kinds ``"p=1/3"`` and ``"p=2/3"``), to see where the experts' doubtful cells score.
+
+    Args:
+        cell_type: ``"mono"`` or ``"poly"``.
+        size: side of the returned images (the cells are 300 px; they are resized).
+        split: ``"test"`` (default), ``"val"`` or ``"uncertain"``: the evaluation split returned beside train.
+        n_train: at most this many training cells (the first of the seeded order); ``None`` for all.
+    Returns:
+        ``(train, evaluation)``; images ``[1, size, size]``, kinds ``"good"``, ``"defective"``, ``"p=1/3"``,
+        ``"p=2/3"``.
+    """
+    if cell_type not in ELPV_CATEGORIES:
+        raise ValueError(f"unknown ELPV cell type {cell_type!r}; choose 'mono' (monocrystalline) or 'poly' "
+                         "(polycrystalline).")
+    if split not in ELPV_SPLITS:
+        raise ValueError(f"split must be one of {ELPV_SPLITS}, got {split!r}.")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
+        raise ValueError(f"size must be an integer of at least 8 pixels, got {size!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}.")
+    check_counts(n_train=n_train)
+    images, prob = _elpv_arrays(cell_type, int(size))
+    rng = np.random.default_rng([seed, ELPV_CATEGORIES.index(cell_type)])
+    normal = rng.permutation(np.flatnonzero(prob == 0))
+    defective = rng.permutation(np.flatnonzero(prob == 1))
+    uncertain = np.flatnonzero((prob > 0) & (prob < 1))
+    n_vn, n_tn = round(len(normal) * ELPV_SPLIT["val_normal"]), round(len(normal) * ELPV_SPLIT["test_normal"])
+    n_vd = round(len(defective) * ELPV_SPLIT["val_defective_fraction"])
+    train_idx = normal[n_vn + n_tn:]
+    if n_train is not None:
+        if n_train > len(train_idx):
+            raise ValueError(f"n_train={n_train}, but ELPV {cell_type} has only {len(train_idx)} training cells; "
+                             f"use n_train <= {len(train_idx)} or None for all.")
+        train_idx = train_idx[:n_train]
+    if split == "val":
+        good, bad = normal[:n_vn], defective[:n_vd]
+    else:
+        good, bad = normal[n_vn:n_vn + n_tn], (defective[n_vd:] if split == "test" else uncertain)
+
+    def tensor(idx):
+        return torch.from_numpy(images[idx].astype(np.float32) / 255.0).unsqueeze(1)
+
+    def kind(i):
+        return {0.0: "good", 1.0: "defective"}.get(float(prob[i]), f"p={round(3 * float(prob[i]))}/3")
+
+    name = f"elpv/{cell_type}"
+    train = AnomalyDataset(tensor(train_idx), torch.zeros(len(train_idx)), None, ["good"] * len(train_idx),
+                           f"{name}/train")
+    idx = np.concatenate([good, bad])
+    evaluation = AnomalyDataset(tensor(idx), torch.cat([torch.zeros(len(good)), torch.ones(len(bad))]), None,
+                                [kind(i) for i in idx], f"{name}/{split}")
+    return train, evaluation

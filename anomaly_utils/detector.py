@@ -55,6 +55,42 @@ class Evaluation:
         return ("Evaluation(" + ", ".join(f"{k}={v}" for k, v in m.items() if v is not None) + ")")
 
 
+def remember_input(detector, images: torch.Tensor) -> None:
+    """Record in ``detector.fit_input_shape`` what ``fit`` saw: ``(C, H, W)`` of the training images.
+
+    Call it at the end of ``fit``; ``check_input`` at the start of ``predict`` compares against it.
+    """
+    detector.fit_input_shape = tuple(int(v) for v in images.shape[1:])
+
+
+def check_input(detector, images, same_size: bool = True) -> torch.Tensor:
+    """``images`` as a float ``[N, C, H, W]`` tensor, or a clear error that says what to do.
+
+    Errors: ``predict`` called before ``fit``; images not ``[N, C, H, W]``; another channel count than
+    ``fit`` saw (grey vs RGB); with ``same_size``, another height or width than ``fit`` saw.
+    """
+    name = type(detector).__name__
+    shape = getattr(detector, "fit_input_shape", None)
+    if shape is None:
+        raise RuntimeError(f"{name}.predict was called before fit: call {name}(...).fit(train) first.")
+    images = torch.as_tensor(images)
+    if images.ndim != 4:
+        raise ValueError(f"{name}.predict needs images [N, C, H, W], got shape {list(images.shape)} "
+                         "(add a batch dimension with images[None] for one image).")
+    if not images.is_floating_point():
+        images = images.float()
+    c, h, w = images.shape[1:]
+    if c != shape[0]:
+        fix = "anomaly_utils.to_rgb(images)" if c == 1 else "images.mean(1, keepdim=True)"
+        raise ValueError(f"{name} was fitted on {shape[0]}-channel images but predict got {c} channels; give it "
+                         f"images like the training ones (e.g. {fix}).")
+    if same_size and (h, w) != tuple(shape[1:]):
+        raise ValueError(f"{name} was fitted on {shape[1]} x {shape[2]} images but predict got {h} x {w}; resize "
+                         f"them to the training size (e.g. torch.nn.functional.interpolate(images, size={tuple(shape[1:])})) "
+                         "or fit on images of this size.")
+    return images
+
+
 def fit_timed(detector, train_dataset) -> float:
     """Fit and return the seconds it took."""
     start = time.perf_counter()

@@ -33,8 +33,12 @@ def result_row(method: str, dataset: str, image_auroc=None, pixel_auroc=None, au
 
 
 def save_result(lesson: str, rows: list[dict], notes: str = "", runtime_seconds: float | None = None,
-                force: bool = False, results_dir: Path | None = None) -> Path | None:
+                force: bool = False, results_dir: Path | None = None, settings: dict | None = None) -> Path | None:
     """Write ``results/<lesson>.json``: the rows plus profile, device, torch version and date.
+
+    ``settings`` records what the lesson chose on its validation split, per method and data family, e.g.
+    ``{"GANomaly": {"mnist": {"lr": 2e-3, "batch_size": 16}}}``; the leaderboard builds its detectors from it
+    (``chosen_settings``), never from a hand copy.
 
     In the ``smoke`` profile nothing is written (returns ``None``) unless ``force``.
     """
@@ -54,7 +58,7 @@ def save_result(lesson: str, rows: list[dict], notes: str = "", runtime_seconds:
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "date": datetime.date.today().isoformat(),
         "runtime_seconds": None if runtime_seconds is None else round(runtime_seconds, 1),
-        "notes": notes, "rows": rows,
+        "notes": notes, "chosen_settings": settings or {}, "rows": rows,
     }
     path = out_dir / f"{lesson}.json"
     path.write_text(json.dumps(payload, indent=1) + "\n")
@@ -115,7 +119,7 @@ def summary_table(results_dir: Path | None = None) -> str:
     leaderboard's JSON (every method on the same splits) when it exists, else from every lesson's JSON.
     """
     results = load_results(results_dir)
-    board = [r for r in results if r["lesson"] == "09_leaderboard"]
+    board = [r for r in results if r["lesson"] == "10_leaderboard"]
     results = board or results
     real_name = next((row["dataset"].split("/")[0] for res in results for row in res["rows"]
                       if _family(row["dataset"]) == "real"), "piped")
@@ -239,6 +243,23 @@ def _settings_from_rows(rows: list, data: str) -> dict:
         if found.setdefault(model, settings) != settings:
             raise ValueError(f"lesson 06 chose different settings for {row['method']} on two {data} categories "
                              f"({found[model]} and {settings}); the leaderboard needs one per data set family.")
+    return found
+
+
+def chosen_settings(lesson: str, method: str, family: str, results_dir: Path | None = None) -> dict:
+    """What ``lesson`` chose for ``method`` on data family ``family`` (``save_result(..., settings=...)``).
+
+    An error that says which lesson to rerun when the lesson's JSON has no such choice.
+    """
+    d = Path(results_dir) if results_dir else RESULTS_DIR
+    path = d / f"{lesson}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no {path}: run that lesson in the cpu profile first "
+                                f"(`python -m anomaly_utils.course --profile cpu notebooks/{lesson}.ipynb`).")
+    found = json.loads(path.read_text()).get("chosen_settings", {}).get(method, {}).get(family)
+    if found is None:
+        raise KeyError(f"{path} records no settings for {method!r} on {family!r}: rerun notebooks/{lesson}.ipynb "
+                       "(cpu profile) so that its save_result(..., settings=...) records them.")
     return found
 
 

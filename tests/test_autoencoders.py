@@ -158,8 +158,8 @@ def test_ssim_map_on_rgb_is_per_channel():
     assert torch.allclose(m[:, 0], ssim_map(x[:, :1], y[:, :1], window_size=7)[:, 0])
 
 
-def test_configs_are_the_ones_lessons_06_and_09_rebuild(monkeypatch):
-    # lesson 09 hard-codes the texture autoencoders' cpu configuration: the cache keys must match
+def test_configs_are_the_ones_lessons_06_and_10_rebuild(monkeypatch):
+    # lesson 10 hard-codes the texture autoencoders' cpu configuration: the cache keys must match
     monkeypatch.setenv("AD_PROFILE", "cpu")
     cfg = texture_config()
     assert {k: cfg[k] for k in ("size", "epochs", "width", "latent_dim", "window_size", "batch_size", "lr",

@@ -1,4 +1,4 @@
-"""Lesson 09: the leaderboard's registry takes every lesson's chosen settings from results/, never a hand copy."""
+"""Lesson 10: the leaderboard's registry takes every lesson's chosen settings from results/, never a hand copy."""
 
 import json
 

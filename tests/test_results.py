@@ -150,7 +150,7 @@ def test_summary_table_leads_with_piped(tmp_path, monkeypatch):
             result_row("PaDiM", "piped/b", 1.0, 0.97, 0.8, 1.0, 10.0, lesson="07"),
             result_row("1-NN pixels", "mnist/0", 0.9, None, None, 0.0, 1.0, lesson="00"),
             result_row("1-NN pixels", "mnist/1", 0.7, None, None, 0.0, 1.0, lesson="00")]
-    save_result("09_leaderboard", rows, results_dir=tmp_path)
+    save_result("10_leaderboard", rows, results_dir=tmp_path)
     lines = summary_table(tmp_path).splitlines()
     assert lines[0].startswith("| lesson | method | PIPED image AUROC | PIPED pixel AUROC | PIPED AUPRO | textures")
     assert len(lines) == 5

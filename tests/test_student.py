@@ -64,7 +64,7 @@ def test_write_student_copies_of_the_course(tmp_path):
                 assert len(b.source.splitlines()) == 1  # no solution code left
             else:
                 assert a.source == b.source
-    assert n_solutions >= 1  # at least lesson 09 has worked solutions
+    assert n_solutions >= 1  # at least lesson 10 has worked solutions
 
 
 @pytest.mark.skipif(os.environ.get("AD_STUDENT_RUN") != "1",

@@ -9,7 +9,7 @@ from anomaly_utils.data import TEXTURE_CATEGORIES
 
 
 def texture_config() -> dict:
-    """Lesson 05's autoencoders on the textures in the active profile (lessons 06 and 09 build the same)."""
+    """Lesson 05's autoencoders on the textures in the active profile (lessons 06 and 10 build the same)."""
     cfg = pick(
         smoke=dict(size=32, n_train=32, n_test=10, epochs=1, width=8, latent_dim=16, window_size=7,
                    categories=("brick",)),

@@ -1,4 +1,4 @@
-"""Generated from notebooks/09_leaderboard.ipynb by `make export`: do not edit.
+"""Generated from notebooks/10_leaderboard.ipynb by `make export`: do not edit.
 
 Edit the notebook's `#@save` cells instead, then run `make export`.
 """
