@@ -54,23 +54,61 @@ def show_grid(images, masks=None, titles=None, ncols: int = 8, size: float = 1.6
     return fig
 
 
-def show_heatmaps(images, anomaly_maps, masks=None, titles=None, n: int | None = None, vmax=None):
-    """Rows of (image with mask outline, heatmap overlay) pairs; one shared colour scale."""
+MAP_CMAP = "inferno"  # black -> red -> yellow: the hottest pixels are the brightest, on any image
+
+
+def overlay(ax, image, anomaly_map, vmin: float, vmax: float, cmap: str = MAP_CMAP):
+    """Draw ``image`` in grey and ``anomaly_map`` over it; returns the mappable for a colour bar.
+
+    The map's opacity grows with its value (transparent at ``vmin``, nearly opaque at ``vmax``), so a hot
+    spot reads as hot even on a dark defect, and cold regions leave the image visible.
+    """
+    img = _as_hwc(image)
+    grey = img if img.ndim == 2 else img.mean(2)
+    ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+    m = _np(anomaly_map).astype(float)
+    t = np.clip((m - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    rgba = plt.get_cmap(cmap)(t)
+    rgba[..., 3] = 0.15 + 0.8 * t
+    ax.imshow(rgba)
+    ax.set_xticks([]), ax.set_yticks([])
+    return plt.cm.ScalarMappable(norm=plt.Normalize(vmin, vmax), cmap=cmap)
+
+
+def show_map(ax, anomaly_map, vmin=None, vmax=None, cmap: str = MAP_CMAP, colorbar: bool = True, label: str = "score"):
+    """One anomaly map on its own axes, with a colour bar (``label`` names its unit) unless ``colorbar=False``."""
+    m = _np(anomaly_map)
+    im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks([]), ax.set_yticks([])
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03).set_label(label, fontsize=7)
+    return im
+
+
+def show_heatmaps(images, anomaly_maps, masks=None, titles=None, n: int | None = None, vmax=None, vmin=None,
+                  label: str = "anomaly score"):
+    """Rows of (image with mask outline, heatmap overlay) pairs; one shared colour scale with a colour bar.
+
+    The scale runs from the smallest map value to the 99.9th percentile (or ``vmin`` / ``vmax``), the same for
+    every column, so brightness can be compared across images (not across detectors: their scores differ).
+    """
     images, maps, masks = _np(images), _np(anomaly_maps), _np(masks)
     n = len(images) if n is None else min(n, len(images))
     vmax = float(np.quantile(maps[:n], 0.999)) if vmax is None else vmax
-    vmin = float(np.min(maps[:n]))
-    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 3.8), squeeze=False)
+    vmin = float(np.min(maps[:n])) if vmin is None else vmin
+    fig, axes = plt.subplots(2, n, figsize=(1.8 * n + 0.8, 4.0), squeeze=False)
     for k in range(n):
-        _show(axes[0, k], images[k], None if titles is None else titles[k])
-        _show(axes[1, k], images[k])
-        axes[1, k].imshow(maps[k], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+        _show(axes[0, k], images[k])
+        if titles is not None:
+            axes[0, k].set_title(str(titles[k]), fontsize=7)
+        mappable = overlay(axes[1, k], images[k], maps[k], vmin, vmax)
         if masks is not None and masks[k].any():
             for ax in axes[:, k]:
-                ax.contour(masks[k], levels=[0.5], colors="white", linewidths=0.8)
-    axes[0, 0].set_ylabel("image + mask")
-    axes[1, 0].set_ylabel("anomaly map")
+                ax.contour(masks[k], levels=[0.5], colors="cyan", linewidths=0.8)
+    axes[0, 0].set_ylabel("image + mask", fontsize=8)
+    axes[1, 0].set_ylabel("anomaly map", fontsize=8)
     fig.tight_layout()
+    fig.colorbar(mappable, ax=axes[1, :].tolist(), fraction=0.03, pad=0.01).set_label(label, fontsize=7)
     return fig
 
 
@@ -101,6 +139,7 @@ def plot_score_hist(labels, scores, ax=None, title: str = "anomaly scores", thre
         ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold")
     ax.set_title(title)
     ax.set_xlabel("pred_score")
+    ax.set_ylabel("density")
     ax.legend(fontsize=7)
     return ax
 
