@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup lab test unit notebooks course bench export mvtec student lint clean
+.PHONY: setup lab test unit notebooks course bench export mvtec visa student lint clean
 
 setup: $(VENV)/.installed
 
@@ -14,8 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-lab: setup            ## open JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks/
+lab: setup            ## open JupyterLab on the repository (notebooks/ and student/ both reachable), in notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
 
 test: setup           ## lint, unit tests, then every notebook through nbval in the smoke profile
 	$(VENV)/bin/ruff check anomaly_utils tests notebooks
@@ -37,7 +37,10 @@ export: setup         ## copy #@save cells of the notebooks into anomaly_utils/l
 mvtec: setup          ## download MVTec AD (needs internet; CATEGORIES="bottle carpet" for some) into data/downloads/
 	$(PY) -m anomaly_utils.download mvtec $(if $(CATEGORIES),--categories $(CATEGORIES))
 
-student: setup        ## write student/ (git-ignored): every notebook with solution cells emptied, outputs cleared
+visa: setup           ## download VisA (needs internet, about 1.9 GB; CATEGORIES="candle pcb1" unpacks some) into data/downloads/
+	$(PY) -m anomaly_utils.download visa $(if $(CATEGORIES),--categories $(CATEGORIES))
+
+student: setup        ## write student/ (git-ignored): every notebook without its answers; never overwrites your edits
 	$(PY) -m anomaly_utils.student
 
 lint: setup

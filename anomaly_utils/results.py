@@ -1,15 +1,22 @@
 """One JSON per lesson with the numbers of its last full run, and the README table made from them.
 
 ``save_result`` is the last code cell of every notebook. It writes ``results/<lesson>.json`` only in
-the ``cpu`` and ``gpu`` profiles (a ``smoke`` run's numbers mean nothing), unless ``force=True``.
+the ``cpu`` and ``gpu`` profiles (a ``smoke`` run's numbers mean nothing), unless ``force=True``. It writes
+atomically (a failed write leaves the previous file as it was), converts NumPy and torch numbers to plain JSON,
+and refuses NaN or infinite values and lesson names that are not ``NN_name``.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
+import os
+import re
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .profiles import REPO_ROOT, get_device, get_profile
@@ -32,6 +39,92 @@ def result_row(method: str, dataset: str, image_auroc=None, pixel_auroc=None, au
     return row
 
 
+LESSON_NAME = re.compile(r"^\d\d_[a-z0-9_]+$")  # "07_memory_bank": the notebook's file name without .ipynb
+
+
+def check_lesson_name(lesson) -> str:
+    """``lesson`` if it names a lesson like ``07_memory_bank``; a clear error otherwise."""
+    if not isinstance(lesson, str) or not LESSON_NAME.match(lesson):
+        raise ValueError(f"lesson name {lesson!r} is not of the form NN_name (two digits, an underscore, then "
+                         "lower-case letters, digits and underscores, e.g. '07_memory_bank'): pass the notebook's "
+                         "file name without '.ipynb'.")
+    return lesson
+
+
+def _json_key(key, where: str) -> str:
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (int, float, bool)):
+        return str(key)
+    raise TypeError(f"{where} has a key of type {type(key).__name__} ({key!r}): use strings as keys.")
+
+
+def to_json(value, where: str):
+    """``value`` as plain JSON: NumPy and torch scalars and arrays become numbers and lists (recursively, in
+    dicts, lists and tuples). A NaN or infinite number, or an object JSON cannot hold, is an error that names
+    ``where`` it is."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist()
+    elif isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {_json_key(k, where): to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}: a result that is not a finite number means something failed (e.g. a "
+                         "detector returned NaN scores); fix that before saving, or pass None for a value not "
+                         "measured.")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{where} is a {type(value).__name__}, which a results JSON cannot hold: pass a number, a "
+                    "string, or a list or dict of them.")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path`` (all or nothing)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~umask)  # mkstemp's is 0o600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _how_to_regenerate(path: Path) -> str:
+    if path.name == "runtimes.json":
+        how = "rerun `make course` (it times every notebook)"
+    elif LESSON_NAME.match(path.stem):
+        how = (f"rerun that lesson in the cpu profile (`python -m anomaly_utils.course notebooks/{path.stem}.ipynb "
+               "--profile cpu`)")
+    else:
+        how = "rerun the command that wrote it"
+    return f"To regenerate it, {how}; or restore the committed copy with `git checkout -- results/{path.name}`."
+
+
+def read_json(path: Path) -> dict:
+    """A results JSON as a dict; a corrupted or truncated file is an error that names it and how to regenerate it."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is corrupted or truncated, not valid JSON ({e}). {_how_to_regenerate(path)}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} holds a {type(payload).__name__}, not a JSON object. {_how_to_regenerate(path)}")
+    return payload
+
+
 def save_result(lesson: str, rows: list[dict], notes: str = "", runtime_seconds: float | None = None,
                 force: bool = False, results_dir: Path | None = None, settings: dict | None = None) -> Path | None:
     """Write ``results/<lesson>.json``: the rows plus profile, device, torch version and date.
@@ -40,16 +133,28 @@ def save_result(lesson: str, rows: list[dict], notes: str = "", runtime_seconds:
     ``{"GANomaly": {"mnist": {"lr": 2e-3, "batch_size": 16}}}``; the leaderboard builds its detectors from it
     (``chosen_settings``), never from a hand copy.
 
-    In the ``smoke`` profile nothing is written (returns ``None``) unless ``force``.
+    In the ``smoke`` profile nothing is written (returns ``None``) unless ``force``. Every check (the lesson's
+    name, each row's keys and numbers, the settings) runs first, in every profile; the file is written atomically.
     """
+    check_lesson_name(lesson)
+    if isinstance(rows, dict) or not isinstance(rows, (list, tuple)):
+        raise TypeError(f"rows must be a list of dicts (one per method and data set, see result_row), "
+                        f"got {type(rows).__name__}.")
+    plain_rows = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"row {i} is a {type(row).__name__}, not a dict: build rows with result_row(...).")
+        missing = {"method", "dataset"} - set(row)
+        if missing:
+            raise ValueError(f"every row needs 'method' and 'dataset' (use result_row); row {i} misses {missing}.")
+        plain_rows.append(to_json(row, f"row {i} ({row['method']!r} on {row['dataset']!r})"))
+    plain_settings = to_json(settings or {}, "settings")
+    if runtime_seconds is not None:
+        runtime_seconds = to_json(runtime_seconds, "runtime_seconds")
     profile = get_profile()
     if profile == "smoke" and not force:
         print(f"smoke profile: results/{lesson}.json left as it is ({len(rows)} rows computed).")
         return None
-    for row in rows:
-        missing = {"method", "dataset"} - set(row)
-        if missing:
-            raise ValueError(f"every row needs 'method' and 'dataset' (use result_row); missing {missing}.")
     out_dir = Path(results_dir) if results_dir else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     device = get_device()
@@ -58,10 +163,10 @@ def save_result(lesson: str, rows: list[dict], notes: str = "", runtime_seconds:
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "date": datetime.date.today().isoformat(),
         "runtime_seconds": None if runtime_seconds is None else round(runtime_seconds, 1),
-        "notes": notes, "chosen_settings": settings or {}, "rows": rows,
+        "notes": str(notes), "chosen_settings": plain_settings, "rows": plain_rows,
     }
     path = out_dir / f"{lesson}.json"
-    path.write_text(json.dumps(payload, indent=1) + "\n")
+    _write_atomic(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
     print(f"wrote {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path} ({len(rows)} rows)")
     return path
 
@@ -69,7 +174,14 @@ def save_result(lesson: str, rows: list[dict], notes: str = "", runtime_seconds:
 def load_results(results_dir: Path | None = None) -> list[dict]:
     """Every lesson's JSON, sorted by lesson."""
     d = Path(results_dir) if results_dir else RESULTS_DIR
-    return [json.loads(p.read_text()) for p in sorted(d.glob("[0-9][0-9]_*.json"))]
+    results = []
+    for path in sorted(d.glob("[0-9][0-9]_*.json")):
+        payload = read_json(path)
+        if not isinstance(payload.get("rows"), list) or "lesson" not in payload:
+            raise ValueError(f"{path} has no 'lesson' and 'rows' list, so it is not a lesson's results. "
+                             f"{_how_to_regenerate(path)}")
+        results.append(payload)
+    return results
 
 
 def _fmt(v) -> str:
@@ -155,32 +267,52 @@ def summary_table(results_dir: Path | None = None) -> str:
     return "\n".join(lines + [e[2] for e in entries])
 
 
+def split_markers(text: str, begin: str, end: str, path) -> tuple[str, str, str]:
+    """``(head, between, tail)`` of ``text`` around one ``begin`` marker followed by one ``end`` marker; a clear
+    error naming the markers and ``path`` when one is missing, repeated or out of order."""
+    n_begin, n_end = text.count(begin), text.count(end)
+    if n_begin != 1 or n_end != 1 or text.index(end) < text.index(begin):
+        found = (f"'{begin}' {n_begin} time(s) and '{end}' {n_end} time(s)" if (n_begin, n_end) != (1, 1)
+                 else f"'{end}' before '{begin}'")
+        raise ValueError(f"{path}: the generated table needs the markers '{begin}' and then '{end}', each once, "
+                         f"on lines of their own; found {found}. Put the two marker lines back around the table.")
+    head, rest = text.split(begin, 1)
+    between, tail = rest.split(end, 1)
+    return head, between, tail
+
+
 def replace_between(path: Path, begin: str, end: str, text: str) -> bool:
     """Replace what stands between the markers ``begin`` and ``end`` in ``path``; True if it changed."""
     old = path.read_text()
-    if begin not in old or end not in old:
-        raise ValueError(f"{path} has no '{begin}' ... '{end}' markers for the generated table.")
-    head, rest = old.split(begin, 1)
-    _, tail = rest.split(end, 1)
+    head, _, tail = split_markers(old, begin, end, path)
     new = f"{head}{begin}\n{text}\n{end}{tail}"
     path.write_text(new)
     return new != old
 
 
-def syllabus_with_minutes(table: str, runtimes: dict) -> str:
-    """Fill the last two cells (cpu min, gpu min) of each ``| NN | ...`` row from ``runtimes``.
+def _column(table: str, name: str, default: int) -> int:
+    """The index (in ``line.split("|")``) of the column headed ``name`` in the table's first line, else ``default``."""
+    header = [c.strip().lower() for c in table.splitlines()[0].split("|")] if table.strip() else []
+    return header.index(name) if name in header else default
 
-    ``runtimes`` is ``results/runtimes.json``: ``{"02_fcdd": {"cpu": 1146.0}, ...}`` in seconds, as
-    ``make course`` measures them. A profile that was never timed shows "–". A row whose first cell is
-    ``all`` gets the sum over the lessons above it, or "–" unless every one of them was timed.
+
+def syllabus_with_minutes(table: str, runtimes: dict) -> str:
+    """Fill the ``cpu min`` and ``gpu min`` cells of each ``| NN | ...`` row from ``runtimes``.
+
+    The columns are found by their header (without those headers: the last two). ``runtimes`` is
+    ``results/runtimes.json``: ``{"02_fcdd": {"cpu": 1146.0}, ...}`` in seconds, as ``make course`` measures
+    them. A profile that was never timed shows "–". A row whose first cell is ``all`` gets the sum over the
+    lessons above it, or "–" unless every one of them was timed.
     """
+    n_cells = len(table.splitlines()[0].split("|")) if table.strip() else 0
+    columns = {"cpu": _column(table, "cpu min", n_cells - 3), "gpu": _column(table, "gpu min", n_cells - 2)}
     lines, timed = [], {"cpu": [], "gpu": []}
     for line in table.splitlines():
         cells = line.split("|")  # "| 02 | ... | 19 | – |" -> ["", " 02 ", ..., " 19 ", " – ", ""]
         number = cells[1].strip() if len(cells) > 3 else ""
-        if number.isdigit() or number == "all":
+        if (number.isdigit() or number == "all") and len(cells) == n_cells:
             times = next((t for name, t in runtimes.items() if name.startswith(number + "_")), {})
-            for i, profile in ((-3, "cpu"), (-2, "gpu")):
+            for profile, i in columns.items():
                 if number == "all":
                     seconds = None if None in timed[profile] else sum(timed[profile])
                 else:
@@ -192,18 +324,120 @@ def syllabus_with_minutes(table: str, runtimes: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path | None = None, results_dir: Path | None = None) -> bool:
+# How long a lesson takes in class (the README's teaching schedule): the rule is stated there too.
+WORDS_PER_MINUTE = 200  # prose of the markdown cells
+CODE_LINES_PER_MINUTE = 15  # non-blank lines of the code cells, read closely
+EXERCISE_MINUTES = {1: 5, 2: 10, 3: 20}  # by difficulty: ★ 5, ★★ 10, ★★★ 20 minutes
+UNMARKED_EXERCISE_MINUTES = 10  # an exercise without a difficulty mark
+SESSION_MINUTES = 90
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+_WORD = re.compile(r"[^\W_][\w'’.-]*")
+_HEADING = re.compile(r"(#{1,6})\s*(.*?)\s*$")
+
+
+def lesson_load(path: Path) -> dict:
+    """What a lesson asks of a class, measured on the notebook as a student gets it (answers left out).
+
+    Returns ``words`` (markdown), ``code_lines`` (non-blank lines of code), ``reading_min`` (words at
+    ``WORDS_PER_MINUTE`` plus code lines at ``CODE_LINES_PER_MINUTE``), ``exercises`` and ``exercise_min``
+    (the exercises of its ``## Exercises`` section: ``### Exercise N ★★`` headings by their stars, see
+    ``EXERCISE_MINUTES``; unmarked ones, including an older "1. ..." list, ``UNMARKED_EXERCISE_MINUTES`` each).
+    """
+    nb = read_json(path)
+    words = code_lines = exercises = 0
+    exercise_min, in_exercises = 0.0, False
+    for cell in nb.get("cells", []):
+        if "solution" in [str(t).lower() for t in cell.get("metadata", {}).get("tags", [])]:
+            continue  # answers: hidden from the student copy, not read in class
+        source = "".join(cell.get("source", ""))
+        if cell.get("cell_type") != "markdown":
+            code_lines += sum(1 for line in source.splitlines() if line.strip())
+            continue
+        prose = re.sub(r"<[^>]+>", " ", re.sub(r"\]\([^)]*\)", "]", source))  # no link targets, no HTML tags
+        words += len(_WORD.findall(prose))
+        for line in source.splitlines():  # line by line: a cell may end the Exercises section half-way
+            heading = _HEADING.match(line)
+            if heading and len(heading.group(1)) <= 2:
+                in_exercises = bool(re.match(r"(\d+[.)]?\s*)?Exercises?\b", heading.group(2), re.IGNORECASE))
+            elif in_exercises and (marked := re.match(r"#{3,4}\s*Exercise\b[^★]*(★*)", line)):
+                exercises += 1
+                exercise_min += EXERCISE_MINUTES.get(len(marked.group(1)), UNMARKED_EXERCISE_MINUTES)
+            elif in_exercises and re.match(r"\d+\.\s", line):  # an older "1. ..." list of exercises
+                exercises += 1
+                exercise_min += UNMARKED_EXERCISE_MINUTES
+    reading = words / WORDS_PER_MINUTE + code_lines / CODE_LINES_PER_MINUTE
+    return {"words": words, "code_lines": code_lines, "reading_min": reading, "exercises": exercises,
+            "exercise_min": exercise_min}
+
+
+def _sessions(n: int, approximate: bool = False) -> str:
+    return f"{'≥ ' if approximate else ''}{n} session{'s' if n != 1 else ''}"
+
+
+def schedule_with_sessions(table: str, runtimes: dict, notebooks_dir: Path | None = None) -> str:
+    """Fill the ``reading min``, ``exercise min`` and ``sessions`` columns of the teaching schedule, where the
+    table has them (found by header), from each lesson's notebook (:func:`lesson_load`) and its cpu minutes.
+
+    A lesson needs ``ceil((reading + cpu run + exercises) / SESSION_MINUTES)`` sessions ("≥" when its cpu time
+    was never measured: the run time is then left out). The ``all`` row gets the sums.
+    """
+    d = Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR
+    n_cells = len(table.splitlines()[0].split("|")) if table.strip() else 0
+    i_read, i_ex, i_sessions = (_column(table, name, -1) for name in ("reading min", "exercise min", "sessions"))
+    if max(i_read, i_ex, i_sessions) < 0:
+        return table
+    lines, totals = [], []
+    for line in table.splitlines():
+        cells = line.split("|")
+        number = cells[1].strip() if len(cells) > 3 else ""
+        if len(cells) == n_cells and (number.isdigit() or number == "all"):
+            if number == "all":
+                known = [t for t in totals if t is not None]
+                load = None if not known else {"reading_min": sum(t[0] for t in known),
+                                               "exercise_min": sum(t[1] for t in known)}
+                sessions = None if not known else _sessions(sum(t[2] for t in known),
+                                                            approximate=any(t[3] for t in known)
+                                                            or len(known) < len(totals))
+            else:
+                path = next(iter(sorted(d.glob(f"{number}_*.ipynb"))), None)
+                load = lesson_load(path) if path else None
+                seconds = next((t for name, t in runtimes.items() if name.startswith(number + "_")), {}).get("cpu")
+                if load is None:
+                    sessions = None
+                    totals.append(None)
+                else:
+                    total = load["reading_min"] + load["exercise_min"] + (seconds or 0) / 60
+                    n = max(1, math.ceil(total / SESSION_MINUTES))
+                    sessions = _sessions(n, approximate=seconds is None)
+                    totals.append((load["reading_min"], load["exercise_min"], n, seconds is None))
+            for i, value in ((i_read, None if load is None else f"{load['reading_min']:.0f}"),
+                             (i_ex, None if load is None else f"{load['exercise_min']:.0f}"),
+                             (i_sessions, sessions)):
+                if i >= 0:
+                    cells[i] = f" {value} " if value is not None else " – "
+            line = "|".join(cells)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path | None = None, results_dir: Path | None = None,
+                  notebooks_dir: Path | None = None) -> bool:
     """Regenerate the README's results table and, if it has them, the minutes columns of the syllabus and of
-    the teaching schedule (both from ``results/runtimes.json``)."""
+    the teaching schedule (from ``results/runtimes.json``), and the schedule's reading, exercise and sessions
+    columns (measured on the notebooks in ``notebooks_dir``, default ``notebooks/``)."""
     readme = Path(readme) if readme else README
     changed = replace_between(readme, TABLE_BEGIN, TABLE_END, summary_table(results_dir))
     runtimes_path = (Path(results_dir) if results_dir else RESULTS_DIR) / "runtimes.json"
+    runtimes = read_json(runtimes_path) if runtimes_path.exists() else {}
     for begin, end in ((SYLLABUS_BEGIN, SYLLABUS_END), (SCHEDULE_BEGIN, SCHEDULE_END)):
         text = readme.read_text()
-        if begin in text and runtimes_path.exists():
-            table = text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
-            runtimes = json.loads(runtimes_path.read_text())
-            changed |= replace_between(readme, begin, end, syllabus_with_minutes(table, runtimes))
+        if begin not in text and end not in text:
+            continue  # a README without this table
+        table = split_markers(text, begin, end, readme)[1].strip("\n")
+        new = syllabus_with_minutes(table, runtimes) if runtimes_path.exists() else table
+        if begin == SCHEDULE_BEGIN:
+            new = schedule_with_sessions(new, runtimes, notebooks_dir)
+        changed |= replace_between(readme, begin, end, new)
     return changed
 
 
@@ -213,8 +447,6 @@ _MODEL_KEYS = {"l2-ae": "l2", "ssim-ae": "ssim", "vae": "vae", "l2": "l2", "ssim
 
 def _settings_from_notes(notes: str) -> dict:
     """Lesson 06's older JSON kept its choices in ``notes``: "L2-AE: alpha=5, lambda=0, T=40; SSIM-AE: ..."."""
-    import re
-
     found = {}
     for model, body in re.findall(r"([A-Za-z0-9-]+):\s*((?:\s*[A-Za-z_]+\s*=\s*[-0-9.eE]+\s*,?)+)", notes):
         key = _MODEL_KEYS.get(model.lower())
@@ -256,31 +488,43 @@ def chosen_settings(lesson: str, method: str, family: str, results_dir: Path | N
     if not path.exists():
         raise FileNotFoundError(f"no {path}: run that lesson in the cpu profile first "
                                 f"(`python -m anomaly_utils.course --profile cpu notebooks/{lesson}.ipynb`).")
-    found = json.loads(path.read_text()).get("chosen_settings", {}).get(method, {}).get(family)
+    found = read_json(path).get("chosen_settings", {}).get(method, {}).get(family)
     if found is None:
         raise KeyError(f"{path} records no settings for {method!r} on {family!r}: rerun notebooks/{lesson}.ipynb "
                        "(cpu profile) so that its save_result(..., settings=...) records them.")
     return found
 
 
-def lesson_settings(lesson: str, data: str = "textures", results_dir: Path | None = None) -> dict:
-    """The settings a lesson chose on its validation split for data set family ``data``, read from ``results/``.
+def _old_chosen_settings(chosen) -> dict:
+    """``chosen`` if it is the older ``{model: {param: number}}`` shape (models l2 / ssim / vae), else ``{}``."""
+    if not isinstance(chosen, dict) or not chosen or not set(chosen) <= set(_GRAD_METHODS.values()):
+        return {}
+    if not all(isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()) for v in chosen.values()):
+        return {}
+    return chosen
 
-    Lesson 06 writes them into each projection row of ``results/06_gradient_projection.json`` as
-    ``grad_settings`` (``{"alpha", "lam", "n_steps"}``), chosen separately on the textures' and on PIPED's
-    validation splits; a ``chosen_settings`` key (``{model: {...}}``) or, for an older JSON, its ``notes``
-    ("L2-AE: alpha=5, lambda=0, T=40; ...") are read too. This is the one place the leaderboard takes another
-    lesson's choices from: never a hand copy.
+
+def lesson_settings(lesson: str, data: str = "textures", results_dir: Path | None = None) -> dict:
+    """Lesson 06's choices of the gradient projection (``{model: {"alpha", "lam", "n_steps"}}`` for
+    ``model`` in l2 / ssim / vae) on its validation split for data set family ``data``, read from ``results/``.
+
+    Its sources, in order: each projection row's ``grad_settings`` in ``results/06_gradient_projection.json``
+    (chosen separately on the textures' and on PIPED's validation splits), then, for an older JSON, its ``notes``
+    ("L2-AE: alpha=5, lambda=0, T=40; ...") or a ``chosen_settings`` key in the older shape ``{model: {...}}``.
+    ``chosen_settings`` in the course's shape (``{method: {family: {...}}}``, see :func:`chosen_settings`) is
+    never read here. This is the one place the leaderboard takes lesson 06's choices from: never a hand copy.
     """
     d = Path(results_dir) if results_dir else RESULTS_DIR
     matches = sorted(d.glob(f"{lesson}*.json")) if not (d / f"{lesson}.json").exists() else [d / f"{lesson}.json"]
     if not matches:
         raise FileNotFoundError(f"no {d}/{lesson}*.json: run that lesson in the cpu profile first "
                                 f"(`python -m anomaly_utils.course --profile cpu notebooks/{lesson}*.ipynb`).")
-    payload = json.loads(matches[0].read_text())
-    settings = (payload.get("chosen_settings") or _settings_from_rows(payload.get("rows", []), data)
+    payload = read_json(matches[0])
+    old_shape = _old_chosen_settings(payload.get("chosen_settings"))
+    settings = (old_shape or _settings_from_rows(payload.get("rows", []), data)
                 or _settings_from_notes(payload.get("notes", "")))
     if not settings:
-        raise KeyError(f"{matches[0]} holds no 'chosen_settings' (and none could be read from its rows or "
-                       "notes): rerun that lesson so that its save_result records the settings it chose.")
+        raise KeyError(f"{matches[0]} holds no gradient-projection settings for {data!r}: no row with "
+                       "'grad_settings', none in its notes, no 'chosen_settings' in the older {model: {...}} shape. "
+                       "Rerun that lesson so that its save_result records the settings it chose.")
     return settings
