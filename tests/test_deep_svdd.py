@@ -12,6 +12,7 @@ from anomaly_utils.lessons.deep_svdd import (
     one_class_loss,
     radius_from_distances,
     soft_boundary_loss,
+    svdd_epoch,
 )
 
 
@@ -95,3 +96,92 @@ def test_leaky_relu_slope_is_the_official_0_01():
     assert torch.allclose(net.features[2](x), torch.tensor([-0.02, 3.0]))
     dec = LeNetDecoder(1, 28, (8, 4), 32)
     assert [m.negative_slope for m in dec.modules() if isinstance(m, torch.nn.LeakyReLU)] == [0.01]
+
+
+# ---------------------------------------------------------------- bad input: clear errors instead of NaN or torch errors
+@pytest.mark.parametrize("nu", [0, -0.1, 1.5, float("nan"), "0.1"])
+def test_nu_outside_0_1_is_refused(nu):
+    with pytest.raises(ValueError, match=r"nu .* must be a number in \(0, 1\]"):  # nu = 0 gave NaN losses and scores
+        DeepSVDD("soft-boundary", nu=nu)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(epochs=0), "epochs"), (dict(epochs=2.5), "epochs"), (dict(batch_size=0), "batch_size"),
+    (dict(rep_dim=0), "rep_dim"), (dict(channels=()), "channels"), (dict(channels=(8, 0)), r"channels\[1\]"),
+    (dict(channels=8), "channels"), (dict(lr=0), "lr"), (dict(lr=-1e-3), "lr"), (dict(weight_decay=-1), "weight_decay"),
+    (dict(pretrain_epochs=-1), "pretrain_epochs"), (dict(eps=0), "eps"), (dict(radius_update="never"), "radius_update"),
+])
+def test_bad_constructor_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        DeepSVDD(**kwargs)
+
+
+def test_predict_before_fit_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="before fit"):
+        DeepSVDD().predict(torch.rand(2, 1, 28, 28))
+
+
+def test_other_size_or_channels_than_fit_are_clear_errors():
+    det = DeepSVDD(epochs=1, progress=False).fit(_train_set(16))
+    with pytest.raises(ValueError, match="fitted on 28 x 28 images but predict got 32 x 32"):
+        det.predict(torch.rand(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="fitted on 1-channel images but predict got 3"):
+        det.predict(torch.rand(2, 3, 28, 28))
+
+
+def test_too_few_or_too_small_training_images_are_clear_errors():
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        DeepSVDD(epochs=1, progress=False).fit(_train_set(1))
+    with pytest.raises(ValueError, match="at least 8 px per side"):  # three pooling blocks
+        DeepSVDD(channels=(4, 4, 4), epochs=1, progress=False).fit(_train_set(8, size=6))
+
+
+@pytest.mark.parametrize("pretrain_epochs", [0, 1])
+def test_non_square_and_odd_sized_images_train_and_score(pretrain_epochs):
+    g = torch.Generator().manual_seed(0)
+    train = AnomalyDataset(torch.rand(12, 1, 30, 44, generator=g), torch.zeros(12))  # 30 is not divisible by 4
+    det = DeepSVDD(epochs=2, pretrain_epochs=pretrain_epochs, progress=False).fit(train)
+    scores, _ = det.predict(torch.rand(3, 1, 30, 44))
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    assert LeNetDecoder(1, (30, 44), (8, 4), 32)(torch.randn(2, 32)).shape == (2, 1, 30, 44)
+
+
+def test_official_radius_update_is_the_quantile_of_each_mini_batch():
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(net.weight)  # phi(x) = x, and lr = 0 keeps it so
+    images = torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0]])  # distances to c = 0: 1..5
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    loss, R = svdd_epoch(net, images, torch.zeros(1), opt, "soft-boundary", torch.tensor(0.0), nu=0.25,
+                         update_R=True, batch_size=5)
+    assert loss == pytest.approx((1 + 4 + 9 + 16 + 25) / 5 / 0.25)  # R = 0 during the batch: R^2 + mean(d^2) / nu
+    assert R.item() == pytest.approx(4.0)  # then R = the 0.75-quantile of the distances 1..5
+    _, R_kept = svdd_epoch(net, images, torch.zeros(1), opt, "soft-boundary", torch.tensor(0.5), nu=0.25,
+                           update_R=False, batch_size=5)
+    assert R_kept.item() == 0.5  # without update_R, R is left alone (this lesson's default: once per epoch)
+
+
+def test_batch_radius_update_trains_a_working_detector():
+    det = DeepSVDD("soft-boundary", nu=0.2, epochs=4, batch_size=16, radius_update="batch", progress=False)
+    scores, _ = det.fit(_train_set(48)).predict(_train_set(48).images)
+    assert det.R.item() > 0 and torch.isfinite(scores).all() and (scores > 0).float().mean().item() <= 0.5
+
+
+# ---------------------------------------------------------------- lesson 01's plumbing (anomaly_utils.svdd_support)
+def test_normal_rank_is_the_fraction_of_normal_scores_below_ties_half():
+    from anomaly_utils.svdd_support import normal_rank
+
+    ranks = normal_rank([0.0, 2.0, 5.0, 2.5], normal_scores=[4.0, 1.0, 3.0, 2.0])
+    assert ranks.tolist() == [0.0, 0.375, 1.0, 0.5]
+    with pytest.raises(ValueError, match="at least one normal"):
+        normal_rank([1.0], [])
+
+
+def test_argcheck_messages_name_the_argument():
+    from anomaly_utils import argcheck
+
+    assert argcheck.whole("epochs", 3) == 3 and argcheck.wholes("channels", [8, 4]) == (8, 4)
+    assert argcheck.real("nu", 1, 0, 1, low_open=True) == 1.0
+    with pytest.raises(ValueError, match=r"nu \(the fraction\) must be a number in \(0, 1\], got 0"):
+        argcheck.real("nu", 0, 0, 1, low_open=True, why="the fraction")
+    with pytest.raises(ValueError, match="objective must be one of 'a', 'b'; got 'c'"):
+        argcheck.choice("objective", "c", ("a", "b"))
