@@ -140,3 +140,69 @@ def test_dcgan_weights_init_by_hand():
     assert bn.weight.mean().item() == pytest.approx(1.0, abs=0.002) and bn.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert torch.equal(bn.bias, torch.zeros(4096))
     assert torch.equal(lin.weight, lin_before)  # other layers are left alone
+
+
+# ---------------------------------------------------------------- hardening: bad input gets a clear error
+
+
+def _tiny(**kw):
+    return AnoGAN(**{**dict(isize=32, nz=4, ngf=4, ndf=4, epochs=1, batch_size=8, n_iter=2), **kw})
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.manual_seed(0)
+    return _tiny().fit(AnomalyDataset(torch.rand(8, 1, 28, 28), torch.zeros(8)))
+
+
+def test_predict_before_fit_is_an_error_not_untrained_scores():
+    with pytest.raises(RuntimeError, match="before fit"):
+        _tiny().predict(torch.rand(2, 1, 28, 28))
+
+
+def test_predict_on_another_size_or_channel_count(fitted):
+    with pytest.raises(ValueError, match="fitted on 28 x 28 images but predict got 32 x 32"):
+        fitted.predict(torch.rand(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="fitted on 28 x 28 images but predict got 28 x 20"):
+        fitted.predict(torch.rand(2, 1, 28, 20))  # not square
+    with pytest.raises(ValueError, match="1-channel images but predict got 3 channels"):
+        fitted.predict(torch.rand(2, 3, 28, 28))
+    score, amap = fitted.predict(torch.rand(2, 1, 28, 28))  # the training size still works
+    assert score.shape == (2,) and amap.shape == (2, 28, 28)
+
+
+@pytest.mark.parametrize("shape, match", [((4, 1, 28, 20), "needs square images, got 28 x 20"),
+                                          ((4, 1, 64, 64), "larger than isize = 32.*isize=64"),
+                                          ((4, 1, 40, 40), "larger than isize = 32.*isize=64"),
+                                          ((4, 3, 28, 28), "nc=1.*3-channel")])
+def test_fit_refuses_images_it_cannot_model(shape, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny().fit(AnomalyDataset(torch.rand(*shape), torch.zeros(shape[0])))
+
+
+def test_pad_to_errors():
+    with pytest.raises(ValueError, match="square"):
+        pad_to(torch.rand(1, 1, 30, 28), 32)
+    with pytest.raises(ValueError, match="larger than isize"):
+        pad_to(torch.rand(1, 1, 33, 33), 32)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(isize=28), "isize must be a power of 2"),
+                                       (dict(isize=4), "isize must be a power of 2"),
+                                       (dict(lam=1.5), "lam"), (dict(lam=-0.1), "lam"),
+                                       (dict(n_iter=0), "n_iter"), (dict(lr=0.0), "lr"),
+                                       (dict(search_lr=-1.0), "search_lr"), (dict(batch_size=0), "batch_size"),
+                                       (dict(nz=0), "nz"), (dict(epochs=2.5), "epochs"), (dict(seed=-1), "seed"),
+                                       (dict(nc=0), "nc")])
+def test_bad_arguments_are_refused_at_construction(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny(**kw)
+
+
+def test_dcgan_builders_refuse_a_size_that_is_not_a_power_of_two():
+    from anomaly_utils.lessons.anogan import dcgan_decoder, dcgan_encoder
+
+    with pytest.raises(ValueError, match="power of 2"):
+        dcgan_encoder(28, 1, 4, 8)
+    with pytest.raises(ValueError, match="power of 2"):
+        dcgan_decoder(48, 8, 1, 4)

@@ -128,3 +128,75 @@ def test_discriminator_reset_uses_dcgan_initialisation():
     assert w.std().item() == pytest.approx(0.02, rel=0.1)
     assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bns)
     assert torch.cat([m.weight for m in bns]).mean().item() == pytest.approx(1.0, abs=0.01)
+
+
+# ---------------------------------------------------------------- hardening: bad input gets a clear error
+
+
+def _tiny(**kw):
+    return GANomaly(**{**dict(isize=32, nz=8, ngf=4, ndf=4, epochs=1, batch_size=8), **kw})
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.manual_seed(0)
+    return _tiny().fit(AnomalyDataset(torch.rand(16, 1, 28, 28), torch.zeros(16)))
+
+
+def test_predict_before_fit_is_an_error_not_untrained_scores():
+    with pytest.raises(RuntimeError, match="before fit"):
+        _tiny().predict(torch.rand(2, 1, 28, 28))
+    with pytest.raises(RuntimeError, match="before fit"):
+        _tiny().scores(torch.rand(2, 1, 28, 28))
+
+
+def test_images_larger_than_isize_are_refused_with_the_fix():
+    # the convolutions would accept them silently (a grid of codes instead of one code)
+    with pytest.raises(ValueError, match="larger than isize = 32.*isize=64"):
+        _tiny().fit(AnomalyDataset(torch.rand(8, 1, 64, 64), torch.zeros(8)))
+
+
+def test_predict_on_another_size_or_channel_count(fitted):
+    with pytest.raises(ValueError, match="fitted on 28 x 28 images but predict got 64 x 64"):
+        fitted.predict(torch.rand(2, 1, 64, 64))
+    with pytest.raises(ValueError, match="fitted on 28 x 28 images but predict got 28 x 24"):
+        fitted.predict(torch.rand(2, 1, 28, 24))
+    with pytest.raises(ValueError, match="1-channel images but predict got 3 channels"):
+        fitted.predict(torch.rand(2, 3, 28, 28))
+
+
+def test_fit_refuses_another_channel_count_and_non_square_images():
+    with pytest.raises(ValueError, match="nc=1.*3-channel"):
+        _tiny().fit(AnomalyDataset(torch.rand(8, 3, 32, 32), torch.zeros(8)))
+    with pytest.raises(ValueError, match="square"):
+        _tiny().fit(AnomalyDataset(torch.rand(8, 1, 32, 24), torch.zeros(8)))
+
+
+@pytest.mark.parametrize("kw, match", [(dict(isize=30), "isize must be a power of 2"), (dict(nz=0), "nz"),
+                                       (dict(lr=-1e-3), "lr"), (dict(w_con=-1.0), "w_con"), (dict(epochs=0), "epochs"),
+                                       (dict(batch_size=0), "batch_size"), (dict(score="residual"), "score"),
+                                       (dict(nc=2.0), "nc"), (dict(seed=-1), "seed")])
+def test_bad_arguments_are_refused_at_construction(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny(**kw)
+
+
+def test_score_argument_selects_what_predict_returns(fitted):
+    images = torch.rand(4, 1, 28, 28)
+    s = fitted.scores(images)
+    fitted.score = "contextual"
+    try:
+        assert torch.allclose(fitted.predict(images)[0], s["contextual"])
+    finally:
+        fitted.score = "latent"
+    assert torch.allclose(fitted.predict(images)[0], s["latent"])
+
+
+def test_an_images_score_does_not_depend_on_its_batch(fitted):
+    # eval-mode batch norm (running statistics), unlike the official test(): one image alone or among others
+    images = torch.rand(6, 1, 28, 28)
+    together = fitted.scores(images)["latent"]
+    alone = torch.cat([fitted.scores(images[i:i + 1])["latent"] for i in range(6)])
+    assert torch.allclose(together, alone, atol=1e-6)
+    fitted.model.train()  # even if someone left the model in train mode, scores() switches to eval
+    assert torch.allclose(fitted.scores(images[:1])["latent"], alone[:1], atol=1e-6)

@@ -13,8 +13,20 @@ from tqdm.auto import tqdm
 
 
 def pad_to(images: torch.Tensor, isize: int) -> torch.Tensor:
-    """Zero-pad ``[N, C, H, W]`` images to ``[N, C, isize, isize]`` (MNIST 28 -> 32); no-op if equal."""
-    p = isize - images.shape[-1]
+    """Zero-pad square ``[N, C, s, s]`` images to ``[N, C, isize, isize]`` (MNIST 28 -> 32); no-op if s = isize.
+
+    A non-square or larger image would not fail here but come out of the encoder as a grid of codes instead of
+    one code: a clear error instead.
+    """
+    h, w = images.shape[-2:]
+    if h != w:
+        raise ValueError(f"the DCGAN needs square images, got {h} x {w}: crop or resize them to a square "
+                         f"(e.g. torch.nn.functional.interpolate(images, size=({isize}, {isize}))).")
+    if w > isize:
+        raise ValueError(f"images of {w} x {w} px are larger than isize = {isize}: build the model with "
+                         f"isize={1 << (w - 1).bit_length()} (a power of 2 >= {w}) or resize the images to "
+                         f"{isize} x {isize}.")
+    p = isize - w
     return F.pad(images, (p // 2, p - p // 2, p // 2, p - p // 2)) if p > 0 else images
 
 
@@ -40,13 +52,21 @@ def dcgan_weights_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def check_isize(isize) -> int:
+    """The pyramids halve the image down to 4 x 4: ``isize`` must be a power of 2, at least 8."""
+    if isinstance(isize, bool) or not isinstance(isize, int) or isize < 8 or isize & (isize - 1):
+        raise ValueError(f"isize must be a power of 2 >= 8 (e.g. 32 for MNIST padded from 28, 64 for 64 px "
+                         f"images), got {isize!r}.")
+    return isize
+
+
 def dcgan_encoder(isize: int, nc: int, ndf: int, n_out: int) -> nn.Sequential:
     """DCGAN's convolutional pyramid: ``[N, nc, isize, isize] -> [N, n_out, 1, 1]``.
 
     Strided 4x4 convolutions halve the side until it is 4, doubling the channels (ndf, 2 ndf, ...);
     a last 4x4 convolution without padding maps the 4x4 grid to one vector of ``n_out`` numbers.
     """
-    assert isize >= 8 and isize & (isize - 1) == 0, "isize must be a power of 2 (pad MNIST to 32)"
+    check_isize(isize)
     layers = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
     size, ch = isize // 2, ndf
     while size > 4:
@@ -58,6 +78,7 @@ def dcgan_encoder(isize: int, nc: int, ndf: int, n_out: int) -> nn.Sequential:
 
 def dcgan_decoder(isize: int, nz: int, nc: int, ngf: int) -> nn.Sequential:
     """DCGAN's generator: ``z [N, nz, 1, 1] -> image [N, nc, isize, isize]`` in [0, 1] (sigmoid)."""
+    check_isize(isize)
     ch = ngf * isize // 8  # channels at the 4x4 grid, halved at every up-sampling step
     layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU()]
     size = 4
@@ -191,30 +212,47 @@ def latent_search(G, D, x: torch.Tensor, n_iter: int = 300, lr: float = 0.05, la
     return z.detach(), energy, (torch.stack(trace) if track else None)
 
 
+from anomaly_utils import argcheck
+from anomaly_utils.detector import check_input, remember_input
+
+
 class AnoGAN:
     """AnoGAN (Schlegl et al., IPMI 2017) with the course's detector interface.
 
-    fit: train a DCGAN on the normal images. predict: latent search per image;
-    pred_score = final energy [N], anomaly_map = |x - G(z)| summed over channels [N, H, W].
+    fit: train a DCGAN on the normal images (square, ``nc`` channels, side <= ``isize``: zero-padded to it).
+    predict: latent search per image; pred_score = final energy [N], anomaly_map = |x - G(z)| summed over
+    channels [N, H, W]. predict needs images of the training images' channels and size.
     """
 
     def __init__(self, isize: int = 32, nz: int = 64, ngf: int = 32, ndf: int = 32, nc: int = 1,
                  epochs: int = 20, batch_size: int = 64, lr: float = 2e-4, n_iter: int = 300,
                  search_lr: float = 0.05, lam: float = 0.1, device="cpu", seed: int = 0):
+        check_isize(isize)
+        for name, value in dict(nz=nz, ngf=ngf, ndf=ndf, nc=nc, epochs=epochs, batch_size=batch_size,
+                                n_iter=n_iter).items():
+            argcheck.whole(name, value)
+        argcheck.real("lr", lr, low=0, low_open=True), argcheck.real("search_lr", search_lr, low=0, low_open=True)
+        argcheck.real("lam", lam, 0, 1, why="lambda, the weight of the discrimination loss")
+        argcheck.whole("seed", seed, minimum=0)
         torch.manual_seed(seed)
-        self.isize, self.epochs, self.batch_size, self.lr, self.seed = isize, epochs, batch_size, lr, seed
+        self.isize, self.nc, self.epochs, self.batch_size, self.lr, self.seed = isize, nc, epochs, batch_size, lr, seed
         self.n_iter, self.search_lr, self.lam, self.device = n_iter, search_lr, lam, torch.device(device)
         self.model = nn.ModuleDict({"G": Generator(isize, nz, nc, ngf), "D": Discriminator(isize, nc, ndf)})
         self.model.to(self.device)
         self.history = None
 
     def fit(self, train_dataset):
-        images = pad_to(train_dataset.images, self.isize)
-        self.history = train_dcgan(self.model["G"], self.model["D"], images, self.epochs, self.batch_size,
-                                   self.lr, device=self.device, seed=self.seed)
+        images = train_dataset.images
+        if images.shape[1] != self.nc:
+            raise ValueError(f"AnoGAN(nc={self.nc}) got {images.shape[1]}-channel training images: build it with "
+                             f"nc={images.shape[1]}, or convert the images to {self.nc} channel(s).")
+        self.history = train_dcgan(self.model["G"], self.model["D"], pad_to(images, self.isize), self.epochs,
+                                   self.batch_size, self.lr, device=self.device, seed=self.seed)
+        remember_input(self, images)  # the channels and size that predict will insist on
         return self
 
     def predict(self, images: torch.Tensor):
+        images = check_input(self, images)  # fitted? the training images' channels and size?
         x = pad_to(images, self.isize).to(self.device)
         with torch.enable_grad():  # evaluate() may call predict under no_grad; the search needs gradients
             z, energy, _ = latent_search(self.model["G"], self.model["D"], x, self.n_iter, self.search_lr,

@@ -110,19 +110,32 @@ def train_ganomaly(G, D, images: torch.Tensor, epochs: int = 15, batch_size: int
     return history
 
 
+from anomaly_utils import argcheck
+from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.lessons.anogan import check_isize
+
+
 class GANomaly:
     """GANomaly (Akcay et al., ACCV 2018) with the course's detector interface.
 
-    fit: train G = (G_E, G_D, E) and D on normal images. predict: one forward pass;
-    pred_score = ||z - z_hat||_2^2 / nz per image [N]; anomaly_map = |x - x_hat| summed over channels [N, H, W].
-    ``scores(images)`` also returns the contextual score mean |x - x_hat| for comparison.
+    fit: train G = (G_E, G_D, E) and D on normal images (square, ``nc`` channels, side <= ``isize``: zero-padded).
+    predict: one forward pass; pred_score = ||z - z_hat||_2^2 / nz per image [N] (``score="latent"``, the paper's)
+    or the contextual mean |x - x_hat| (``score="contextual"``); anomaly_map = |x - x_hat| summed over channels.
     """
 
     def __init__(self, isize: int = 32, nz: int = 100, ngf: int = 64, ndf: int = 64, nc: int = 1,
                  epochs: int = 15, batch_size: int = 64, lr: float = 2e-4, w_adv: float = 1.0,
-                 w_con: float = 50.0, w_enc: float = 1.0, device="cpu", seed: int = 0):
+                 w_con: float = 50.0, w_enc: float = 1.0, score: str = "latent", device="cpu", seed: int = 0):
+        check_isize(isize)
+        for name, value in dict(nz=nz, ngf=ngf, ndf=ndf, nc=nc, epochs=epochs, batch_size=batch_size).items():
+            argcheck.whole(name, value)
+        argcheck.real("lr", lr, low=0, low_open=True)
+        for name, value in dict(w_adv=w_adv, w_con=w_con, w_enc=w_enc).items():
+            argcheck.real(name, value, low=0, why="a loss weight")
+        self.score = argcheck.choice("score", score, ("latent", "contextual"))
+        argcheck.whole("seed", seed, minimum=0)
         torch.manual_seed(seed)
-        self.isize, self.epochs, self.batch_size, self.lr, self.seed = isize, epochs, batch_size, lr, seed
+        self.isize, self.nc, self.epochs, self.batch_size, self.lr, self.seed = isize, nc, epochs, batch_size, lr, seed
         self.weights = dict(w_adv=w_adv, w_con=w_con, w_enc=w_enc)
         self.device = torch.device(device)
         self.model = nn.ModuleDict({"G": GANomalyGenerator(isize, nz, nc, ngf), "D": Discriminator(isize, nc, ndf)})
@@ -130,15 +143,21 @@ class GANomaly:
         self.history = None
 
     def fit(self, train_dataset, monitor=None):
-        images = pad_to(train_dataset.images, self.isize)
-        self.history = train_ganomaly(self.model["G"], self.model["D"], images, self.epochs, self.batch_size,
-                                      self.lr, **self.weights, device=self.device, seed=self.seed, monitor=monitor)
+        images = train_dataset.images
+        if images.shape[1] != self.nc:
+            raise ValueError(f"GANomaly(nc={self.nc}) got {images.shape[1]}-channel training images: build it with "
+                             f"nc={images.shape[1]}, or convert the images to {self.nc} channel(s).")
+        self.history = train_ganomaly(self.model["G"], self.model["D"], pad_to(images, self.isize), self.epochs,
+                                      self.batch_size, self.lr, **self.weights, device=self.device, seed=self.seed,
+                                      monitor=monitor)
+        remember_input(self, images)  # the channels and size that scores / predict will insist on
         return self
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> dict:
         """``latent [N]``, ``contextual [N]``, ``anomaly_map [N, H, W]`` and ``x_hat`` for images ``[N, C, H, W]``."""
-        self.model.eval()
+        images = check_input(self, images)  # fitted? the training images' channels and size?
+        self.model.eval()  # batch norm with its running statistics: an image's score ignores its batch-mates
         x = pad_to(images, self.isize).to(self.device)
         x_hat, z, z_hat = self.model["G"](x)
         residual = (x - x_hat).abs()
@@ -149,4 +168,4 @@ class GANomaly:
 
     def predict(self, images: torch.Tensor):
         s = self.scores(images)
-        return s["latent"], s["anomaly_map"]
+        return s[self.score], s["anomaly_map"]
