@@ -166,11 +166,23 @@ def apply_defect(family: str, image: torch.Tensor, photo=None, rng=None):
     """Put one defect of ``family`` into a grey image ``[H, W]``; returns ``(image, mask)``."""
     if family not in _TEST:
         raise ValueError(f"unknown defect family {family!r}; the test families are {TEST_FAMILIES}.")
+    image = torch.as_tensor(image)
+    if image.ndim != 2 or not image.is_floating_point():
+        raise ValueError(f"apply_defect needs one grey float image [H, W] in [0, 1], got {image.dtype} of shape "
+                         f"{list(image.shape)}" + (" (use image[0] for a [1, H, W] image)." if image.ndim == 3 else "."))
     rng = rng if rng is not None else np.random.default_rng()
     return _TEST[family](image, rng, photo)
 
 
 # --------------------------------------------------------------------------- training anomalies
+
+def _check_batch(images, what: str) -> None:
+    """A clear error unless ``images`` is a float tensor ``[N, C, H, W]`` (the pseudo-anomaly generators' input)."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+        shape = list(images.shape) if hasattr(images, "shape") else type(images).__name__
+        hint = " (add a batch dimension: images[None])" if getattr(images, "ndim", 0) == 3 else ""
+        raise ValueError(f"{what} needs a float tensor [N, C, H, W] in [0, 1], got {shape}{hint}.")
+
 
 def confetti_noise(images: torch.Tensor, n_blobs: int = 12, size_range=(0.03, 0.12),
                    strength_range=(0.15, 0.6), generator: torch.Generator | None = None):
@@ -183,6 +195,7 @@ def confetti_noise(images: torch.Tensor, n_blobs: int = 12, size_range=(0.03, 0.
     Returns:
         ``(noisy_images, masks)`` with masks ``[N, H, W]`` marking the blobs.
     """
+    _check_batch(images, "confetti_noise")
     n, c, h, w = images.shape
     out, masks = images.clone(), torch.zeros(n, h, w)
     g = generator
@@ -226,7 +239,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def fcdd_confetti_noise(images: torch.Tensor, generator: torch.Generator | None = None,
                         blobs_per_image=(0.9, 0.6), size_range=(8 / 224, 54 / 224), rotation: float = 45.0,
-                        blur_sigma: float = 5 / 224, invert_threshold: float = 0.025):
+                        blur_sigma: float = 5 / 224, invert_threshold: float = 0.025, darken: bool = True):
     """Confetti noise following the recipe of FCDD's official code (noise mode ``"confetti"``), for [0, 1] images.
 
     Per image, two layers of square blobs: *coloured* ones (one random colour per blob; a random grey on
@@ -235,15 +248,21 @@ def fcdd_confetti_noise(images: torch.Tensor, generator: torch.Generator | None 
     an image gets about 1.5 + 1.3 blobs. A blob's side is uniform in ``size_range`` times the image side
     (8..54 px at 224 px), it is rotated by an angle uniform in +-``rotation`` degrees, its centre is
     uniform over the image. The two layers are summed, blurred by a Gaussian of std ``blur_sigma`` times
-    the side (5 px at 224 px) and *added* to the image, clamped to [0, 1]. If adding changes an image
-    by less than ``invert_threshold`` on average (a bright image that saturates) and subtracting changes
-    it more, the noise is subtracted instead (the official code's inversion rule).
+    the side (5 px at 224 px) and *subtracted* from the image, clamped to [0, 1]: as in the official code
+    (colour range -256..-1 and fill -255 on the 0-255 scale), confetti *darkens*. If darkening changes an
+    image by less than ``invert_threshold`` grey levels **on the 0-255 scale** on average (an image that is
+    already black where the blobs fall) and brightening changes it more, the noise is added instead (the
+    official code's inversion rule, ``OnlineSupervisor.invert_threshold = 0.025``).
+
+    ``darken=False`` flips the sign: the course's earlier variant brightened, and compared 0.025 with images
+    in [0, 1]; ``darken=False, invert_threshold=0.025 * 255`` reproduces it exactly, for comparison only.
 
     Args:
         images: ``[N, C, H, W]`` in [0, 1].
     Returns:
         ``(noisy_images, masks)``: masks ``[N, H, W]`` mark the pixels changed by more than 1/255.
     """
+    _check_batch(images, "fcdd_confetti_noise")
     n, c, h, w = images.shape
     g = generator
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
@@ -265,18 +284,19 @@ def fcdd_confetti_noise(images: torch.Tensor, generator: torch.Generator | None 
                 else:  # white
                     colour = torch.ones(c)
                 noise[i] += colour.view(c, 1, 1) * square
-    noise = _gaussian_blur(noise, blur_sigma * side)
-    up, down = (images + noise).clamp(0, 1), (images - noise).clamp(0, 1)
-    d_up = (up - images).flatten(1).mean(1)
-    d_down = (images - down).flatten(1).mean(1)
-    invert = (d_up < invert_threshold) & (d_down > d_up)
-    out = torch.where(invert.view(n, 1, 1, 1), down, up)
+    noise = _gaussian_blur(noise, blur_sigma * side) * (-1.0 if darken else 1.0)  # official: negative noise
+    first, flipped = (images + noise).clamp(0, 1), (images - noise).clamp(0, 1)
+    d_first = (first - images).abs().flatten(1).mean(1) * 255  # mean change in grey levels (0-255 scale)
+    d_flipped = (flipped - images).abs().flatten(1).mean(1) * 255
+    invert = (d_first < invert_threshold) & (d_flipped > d_first)
+    out = torch.where(invert.view(n, 1, 1, 1), flipped, first)
     masks = ((out - images).abs().amax(1) > 1 / 255).float()
     return out, masks
 
 
 def smooth_blobs(images: torch.Tensor, strength: float = 0.4, generator: torch.Generator | None = None):
     """Large smooth intensity bumps (a second, different pseudo-anomaly). Returns ``(images, masks)``."""
+    _check_batch(images, "smooth_blobs")
     n, c, h, w = images.shape
     coarse = torch.randn(n, 1, 4, 4, generator=generator)
     field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[:, 0]
@@ -288,7 +308,11 @@ def smooth_blobs(images: torch.Tensor, strength: float = 0.4, generator: torch.G
 def local_shuffle(images: torch.Tensor, patch: int = 8, p: float = 0.1,
                   generator: torch.Generator | None = None):
     """Shuffle the pixels inside a few random ``patch`` x ``patch`` cells. Returns ``(images, masks)``."""
+    _check_batch(images, "local_shuffle")
     n, c, h, w = images.shape
+    if isinstance(patch, bool) or not isinstance(patch, int) or not 1 <= patch <= min(h, w):
+        raise ValueError(f"local_shuffle: patch must be a whole number from 1 to the image side ({min(h, w)}), got "
+                         f"{patch!r}: no cell of that size fits, nothing would be shuffled.")
     out, masks = images.clone(), torch.zeros(n, h, w)
     for i in range(n):
         for y in range(0, h - patch + 1, patch):
