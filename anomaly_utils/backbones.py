@@ -12,6 +12,7 @@ and its code from ``efficientnet-lite-pytorch``; nothing is downloaded. The 16 M
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -38,8 +39,29 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     return model
 
 
+def _check_images(images) -> None:
+    """A clear error for input the backbone would misread: not ``[N, 1|3, H, W]``, not float, not in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch tensor [N, C, H, W], got {type(images).__name__}.")
+    shape = list(images.shape)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        hint = (" For one image add a batch dimension: images[None]." if images.ndim == 3 and shape[0] in (1, 3) else
+                " Channels-last? Use images.permute(0, 3, 1, 2)." if images.ndim == 4 and shape[3] in (1, 3) else
+                " Drop the alpha channel: images[:, :3]." if images.ndim == 4 and shape[1] == 4 else "")
+        raise ValueError(f"images must be [N, C, H, W] with C = 1 (grey) or 3 (RGB), got shape {shape}.{hint}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float in [0, 1], got {images.dtype}: use images.float() / 255.")
+    if images.numel():
+        low, high = torch.aminmax(images.detach())
+        if high > 2 or low < -1:  # 0-255 pixels, or images normalised already (ImageNet's range is about -2.1..2.6)
+            raise ValueError(f"images must be in [0, 1] (the backbone normalises them itself), got values from "
+                             f"{float(low):.3g} to {float(high):.3g}: divide 8-bit pixels by 255, and do not apply "
+                             "an ImageNet normalisation before.")
+
+
 def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
     """``[N, 1 or 3, H, W]`` in [0, 1] -> ImageNet-normalised ``[N, 3, H, W]`` (grey is repeated)."""
+    _check_images(images)
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
@@ -57,10 +79,12 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, blocks=(2, 4, 10), pretrained: bool = True, trainable: bool = False):
         super().__init__()
+        if isinstance(blocks, (int, np.integer)):
+            blocks = (blocks,)
+        self.blocks = tuple(sorted(set(blocks))) if isinstance(blocks, (tuple, list, range, set)) else ()
+        if not self.blocks or not set(self.blocks) <= set(BLOCK_STRIDE):
+            raise ValueError(f"blocks must be one or more block indices in 0..15 (e.g. (2, 4, 10)), got {blocks!r}.")
         net = efficientnet_lite0(pretrained)
-        self.blocks = tuple(sorted(blocks))
-        if not set(self.blocks) <= set(BLOCK_STRIDE):
-            raise ValueError(f"blocks must be in 0..15, got {blocks}.")
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.body = net._blocks[: self.blocks[-1] + 1]
         self.drop_connect_rate = net._global_params.drop_connect_rate

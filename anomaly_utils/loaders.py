@@ -1,10 +1,11 @@
-"""Loaders for a practitioner's own data: MVTec AD, a generic folder layout, torchvision sets.
+"""Loaders for a practitioner's own data: MVTec AD, VisA, a generic folder layout, torchvision sets.
 
 Every loader returns ``(train, test)`` as :class:`~anomaly_utils.data.AnomalyDataset` s, the same
 item type as the embedded sets (``Sample(image [C, H, W] in [0, 1], label 0/1, mask [H, W])``), so
 every lesson's detector runs on them unchanged::
 
     train, test = load_mvtec("~/data/mvtec_anomaly_detection", "carpet", size=256)
+    train, val = load_visa("data/downloads/visa", "pcb1", size=256, split="val")
     train, test = load_folder("my_parts/good", "my_parts/defective", mask_dir="my_parts/masks")
     train, test = load_torchvision("CIFAR10", "~/data/torchvision", normal_class=3)
 
@@ -29,6 +30,7 @@ extensions match in any case (``a_mask.PNG`` for ``{stem}_mask.png``).
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import AnomalyDataset, _one_vs_rest, check_counts
+from .data import AnomalyDataset, _one_vs_rest, check_counts, check_seed, resize_masks
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MVTEC_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
@@ -71,10 +73,20 @@ def _is_image_file(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
-def _list_images(folder: Path, what: str, exclude=None) -> list[Path]:
-    """The image files directly inside ``folder`` (sorted by name); an error if there are none."""
+def _list_images(folder: Path, what: str, exclude=None, say_excluded: str | None = None) -> list[Path]:
+    """The image files directly inside ``folder`` (sorted by name); an error if there are none.
+
+    Files for which ``exclude(path)`` is true are left out; with ``say_excluded`` (the rule's name) a
+    warning names them.
+    """
     folder = _require_dir(folder, what)
-    files = sorted(p for p in folder.iterdir() if _is_image_file(p) and not (exclude and exclude(p)))
+    candidates = sorted(p for p in folder.iterdir() if _is_image_file(p))
+    files = [p for p in candidates if not (exclude and exclude(p))]
+    if say_excluded and len(files) < len(candidates):
+        skipped = [p.name for p in candidates if exclude(p)]
+        warnings.warn(f"{what} {str(folder)!r}: skipped {len(skipped)} file(s) named like masks ({say_excluded}): "
+                      f"{_few(skipped)}. Masks are not images to train or test on; move them next to their images "
+                      "(or into the mask folder).", stacklevel=3)
     if not files:
         subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         others = sorted(p.name for p in folder.iterdir() if p.is_file())
@@ -96,14 +108,25 @@ def _few(names: Sequence[str], k: int = 5) -> str:
 
 # --------------------------------------------------------------------------- decoding
 
-def _open(path: Path, what: str):
-    """Open and fully decode an image with PIL, as stored (no EXIF rotation); a ``ValueError`` naming the file."""
+def _open(path: Path, what: str, draft=None):
+    """Open and fully decode an image with PIL, as stored (no EXIF rotation); a ``ValueError`` naming the file.
+
+    ``draft`` (a size ``(h, w)``): a JPEG may be decoded at a reduced scale that is still at least that
+    size; ``im.info["full_size"]`` then holds the stored ``(width, height)``.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            full = im.size
+            if draft is not None and im.format == "JPEG":
+                h, w = draft
+                big = max(w, h)  # an EXIF turn may swap the sides: ask for the longer side both ways
+                im.draft(im.mode, (big, big) if _swaps(_orientation(im)) else (w, h))
             im.load()
-            return im.copy()
+            out = im.copy()
+            out.info["full_size"] = full
+            return out
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(f"{what} {str(path)!r} is too large for PIL's safety limit against decompression bombs "
                          f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {err} If you trust the file, "
@@ -112,6 +135,11 @@ def _open(path: Path, what: str):
     except Exception as err:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ValueError, ...
         raise ValueError(f"cannot read {what} {str(path)!r} ({type(err).__name__}: {err}). The file is not a "
                          "valid image or is corrupt: replace it or remove it from the folder.") from None
+
+
+def _swaps(turn) -> bool:
+    """Whether an EXIF turn (a PIL transpose, or None) swaps width and height."""
+    return getattr(turn, "name", None) in ("ROTATE_90", "ROTATE_270", "TRANSPOSE", "TRANSVERSE")
 
 
 def _orientation(im):
@@ -137,44 +165,56 @@ def _scale_high_bit_depth(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
     return a
 
 
-def _read_image(path: Path, grey: bool):
+def _read_image(path: Path, grey: bool, size=None):
     """Decode ``path`` to float32 in [0, 1]: ``[H, W]`` for grey images, ``[H, W, 3]`` for colour.
 
-    Returns ``(pixels, turn)``: photos are turned upright by their EXIF orientation; ``turn`` is
-    that transpose (or None), to be applied to the image's mask as well.
+    Returns ``(pixels, turn, (H, W))``: photos are turned upright by their EXIF orientation; ``turn``
+    is that transpose (or None), to be applied to the image's mask as well; ``(H, W)`` is the upright
+    image's full size (what its mask must have). A JPEG much larger than ``size`` is decoded at a reduced
+    scale (1/2, 1/4 or 1/8, JPEG's own DCT scaling, still at least ``size``): much faster for large photos.
     """
-    im = _open(path, "image")
-    turn = _orientation(im)
+    im = _open(path, "image", draft=size)
+    full, turn = im.info.get("full_size", im.size), _orientation(im)
     if turn is not None:
         im = im.transpose(turn)
+    w, h = full
+    hw = (w, h) if _swaps(turn) else (h, w)
     if im.mode in _HIGH_BIT_MODES:
-        return _scale_high_bit_depth(np.asarray(im), im.mode, path), turn
+        return _scale_high_bit_depth(np.asarray(im), im.mode, path), turn, hw
     if im.mode in _GREY_MODES or grey:
-        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0, turn
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0, turn, hw
     rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     if im.mode == "P" and np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
-        return rgb[..., 0], turn  # a palette image whose palette is grey
-    return rgb, turn
+        return rgb[..., 0], turn, hw  # a palette image whose palette is grey
+    return rgb, turn, hw
 
 
-def _read_mask(path: Path, image_path: Path, image_hw: tuple[int, int], turn=None) -> np.ndarray:
+def _read_mask(path: Path, image_path: Path, image_hw: tuple[int, int], turn=None,
+               nonzero: bool = False) -> np.ndarray:
     """A binary mask ``[H, W]`` (bool), turned like its image (``turn``: the image's EXIF orientation).
 
     Grey masks: above half their range is defective (0/1 label images: 1). Colour masks (e.g. drawn
-    in dark red): any non-black pixel. Where the mask has an alpha channel, transparent pixels are
-    never defective.
+    in dark red): where the brightest channel is above half of the mask's brightest value (so JPEG
+    noise around a defect is not defect). ``nonzero=True`` (label images such as VisA's, which number
+    their defects 1, 2, ...): every non-zero pixel. Where the mask has an alpha channel, transparent
+    pixels are never defective.
     """
     im = _open(path, "mask")
     if turn is not None:
         im = im.transpose(turn)
-    if im.mode in _HIGH_BIT_MODES:
+    if nonzero:
+        a = (np.asarray(im) if im.mode in _HIGH_BIT_MODES else np.asarray(im.convert("L")) if im.mode in _GREY_MODES
+             else np.asarray(im.convert("RGB")))  # alpha is not a label: handled below
+        defective = (a != 0) if a.ndim == 2 else (a != 0).any(axis=-1)
+    elif im.mode in _HIGH_BIT_MODES:
         a, top = np.asarray(im), 1.0 if im.mode == "F" else 65535.0
         defective = a > 0 if a.max() <= 1 else a > top / 2
     elif im.mode in ("1", "L", "LA", "La"):
         a = np.asarray(im.convert("L"))
         defective = a > 0 if a.max() <= 1 else a > 127  # 0/1 label images, or 0/255 cut at half
     else:
-        defective = np.asarray(im.convert("RGB")).max(axis=-1) > 0
+        brightest = np.asarray(im.convert("RGB")).max(axis=-1)
+        defective = brightest > brightest.max() / 2  # an all-black mask stays empty (0 > 0 is False)
     if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
         defective &= np.asarray(im.convert("RGBA"))[..., 3] > 0
     if defective.shape != tuple(image_hw):
@@ -194,10 +234,9 @@ def _resize_image(a: np.ndarray, size) -> torch.Tensor:
 
 
 def _resize_mask(m: np.ndarray, size) -> torch.Tensor:
+    """A bool mask as float 0/1 at ``size``; every defect keeps at least one pixel (``data.resize_masks``)."""
     t = torch.from_numpy(m.astype(np.float32))
-    if size is not None and tuple(t.shape) != size:
-        t = F.interpolate(t[None, None], size=size, mode="nearest-exact")[0, 0]
-    return (t > 0.5).float()
+    return t if size is None else resize_masks(t[None], size)[0]
 
 
 def _is_int(n) -> bool:
@@ -234,7 +273,7 @@ class _Item(NamedTuple):
 
 
 def _build(train_items: list[_Item], test_items: list[_Item], size, grey: bool, name: str,
-           has_masks: bool) -> tuple[AnomalyDataset, AnomalyDataset]:
+           has_masks: bool, mask_nonzero: bool = False) -> tuple[AnomalyDataset, AnomalyDataset]:
     """Decode and resize every item into one preallocated tensor; one channel count for the whole set.
 
     Warns (once per data set) about anomalous images with empty masks and about masks covering
@@ -247,7 +286,7 @@ def _build(train_items: list[_Item], test_items: list[_Item], size, grey: bool, 
     images = masks = None  # allocated at the first image, then filled in place (no list to stack)
     empty, inverted = [], []
     for i, item in enumerate(tqdm(items, desc=f"loading {name}", disable=len(items) < 100, leave=False)):
-        a, turn = _read_image(item.path, grey)
+        a, turn, hw = _read_image(item.path, grey, size)
         t = _resize_image(a, size)  # [C, h, w]
         if images is None:
             first = item.path
@@ -261,16 +300,17 @@ def _build(train_items: list[_Item], test_items: list[_Item], size, grey: bool, 
             images = images.expand(-1, 3, -1, -1).clone()
         images[i] = t  # a grey image is repeated to 3 channels in an RGB set
         if has_masks and item.mask is not None:
-            m = _read_mask(item.mask, item.path, a.shape[:2], turn)
+            m = _read_mask(item.mask, item.path, hw, turn, nonzero=mask_nonzero)
             masks[i] = _resize_mask(m, size)
             where = f"{item.mask.parent.name}/{item.mask.name}"
-            if item.label == 1 and not m.any():
+            if item.label == 1 and not masks[i].any():  # checked after resizing: what the metrics will see
                 empty.append(where)
-            if m.mean() > 0.5:
+            if masks[i].mean() > 0.5:
                 inverted.append(where)
     if empty:
-        warnings.warn(f"{name}: {len(empty)} anomalous image(s) have an empty mask (no defective pixel): "
-                      f"{_few(empty)}. Pixel metrics take them as defect-free; check these masks.", stacklevel=3)
+        warnings.warn(f"{name}: {len(empty)} of {sum(it.label for it in test_items)} anomalous image(s) have an empty "
+                      f"mask (no defective pixel): {_few(empty)}. Pixel metrics take them as defect-free; check "
+                      "these masks.", stacklevel=3)
     if inverted:
         warnings.warn(f"{name}: {len(inverted)} mask(s) mark more than half of their image as defective: "
                       f"{_few(inverted)}. Are they inverted (some data sets mark the defect in black)? If so, "
@@ -289,6 +329,10 @@ def _build(train_items: list[_Item], test_items: list[_Item], size, grey: bool, 
 
 
 # --------------------------------------------------------------------------- MVTec AD
+
+def _named_like_mask(p: Path) -> bool:
+    return p.stem.lower().endswith("_mask")
+
 
 def load_mvtec(root, category: str, size=256, grey: bool = False) -> tuple[AnomalyDataset, AnomalyDataset]:
     """A category of MVTec AD in its own folder layout (download it yourself: the course never does)::
@@ -318,7 +362,8 @@ def load_mvtec(root, category: str, size=256, grey: bool = False) -> tuple[Anoma
             + (f"Categories found in {str(root)!r}: {_few(found, 15)}." if found else
                f"{str(root)!r} holds no category folders (<category>/train/good); get MVTec AD from "
                f"{MVTEC_URL} and extract it there."))
-    train_paths = _list_images(base / "train" / "good", "MVTec AD training folder")
+    train_paths = _list_images(base / "train" / "good", "MVTec AD training folder", exclude=_named_like_mask,
+                               say_excluded="<stem>_mask.png")
     test_dir = _require_dir(base / "test", "MVTec AD test folder")
     kinds = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not kinds:
@@ -327,7 +372,8 @@ def load_mvtec(root, category: str, size=256, grey: bool = False) -> tuple[Anoma
     kinds = (["good"] if "good" in kinds else []) + [k for k in kinds if k != "good"]
     test_items, missing = [], []
     for kind in kinds:
-        paths = _list_images(test_dir / kind, f"MVTec AD test folder ({kind})")
+        paths = _list_images(test_dir / kind, f"MVTec AD test folder ({kind})", exclude=_named_like_mask,
+                             say_excluded="<stem>_mask.png")
         masks = [None] * len(paths) if kind == "good" else \
             _find_files([base / "ground_truth" / kind / f"{p.stem}_mask.png" for p in paths])
         for p, mask in zip(paths, masks):
@@ -341,6 +387,120 @@ def load_mvtec(root, category: str, size=256, grey: bool = False) -> tuple[Anoma
             "extracted completely?")
     train_items = [_Item(p, 0, "good", None) for p in train_paths]
     return _build(train_items, test_items, size, grey, f"mvtec/{category}", has_masks=True)
+
+
+# --------------------------------------------------------------------------- VisA
+
+VISA_URL = "https://github.com/amazon-science/spot-diff"
+VISA_SPLITS = ("val", "test", "official")
+
+
+def _visa_rows(root: Path) -> list[dict]:
+    """The rows of VisA's official one-class split file ``root/split_csv/1cls.csv``; clear errors if unusable."""
+    import csv
+
+    path = root / "split_csv" / "1cls.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"VisA's split file {str(path)!r} does not exist. Download VisA with `make visa` (it "
+                                f"unpacks the official archive, split_csv/ included), or point root at the folder "
+                                f"that holds split_csv/ and the category folders ({VISA_URL}).")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = {"object", "split", "label", "image", "mask"}
+        if not columns <= set(reader.fieldnames or ()):
+            raise ValueError(f"{str(path)!r} has the columns {reader.fieldnames}; VisA's 1cls.csv has "
+                             f"{sorted(columns)}. Is it the original file?")
+        return list(reader)
+
+
+def _visa_kinds(base: Path) -> dict[str, str]:
+    """Defect description per anomalous image from ``<category>/image_anno.csv`` (``{image path: label}``)."""
+    import csv
+
+    path = base / "image_anno.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {r["image"]: r["label"].strip() for r in csv.DictReader(f)
+                if r.get("image") and r.get("label") and r["label"].strip() != "normal"}
+
+
+def load_visa(root, category: str, size=256, split: str = "test", seed: int = 0,
+              grey: bool = False) -> tuple[AnomalyDataset, AnomalyDataset]:
+    """A category of VisA with its official one-class split (download it with ``make visa``)::
+
+        root/split_csv/1cls.csv                          object,split,label,image,mask (paths relative to root)
+        root/<category>/Data/Images/Normal/*.JPG         normal images
+        root/<category>/Data/Images/Anomaly/*.JPG        anomalous images
+        root/<category>/Data/Masks/Anomaly/*.png         their masks: every non-zero pixel is defective
+        root/<category>/image_anno.csv                   a description of each defect (used as its kind)
+
+    Zou et al., "SPot-the-Difference Self-Supervised Pre-training for Anomaly Detection and Segmentation",
+    ECCV 2022; CC BY 4.0 as github.com/amazon-science/spot-diff says. 12 categories, 10,821 photos.
+
+    Train is the split file's training images (all normal). Its test split (normal and anomalous) has no
+    validation part, so, as for MVTec AD (``anomaly_utils.sources.split_val_test``), a seeded third of each kind
+    goes to ``split="val"`` and the rest to ``split="test"``; ``split="official"`` returns the whole official
+    test split, the one papers report (compare with papers there; never choose settings on it).
+
+    Size: the photos are large (about 1500 x 1000 px, differing per category). They are resized to ``size`` x
+    ``size`` **without keeping the aspect ratio and without cropping** (as anomalib does): a centre crop would
+    cut defects near the border out of images that stay labelled anomalous. Pass ``size=(height, width)`` to
+    keep an aspect ratio. JPEGs are decoded at a reduced scale (still at least ``size``), which is fast;
+    nothing is cached on disk. The last category loaded stays decoded in memory (a lesson asks for its val and
+    then its test split; each call returns copies); after changing its files, call
+    ``anomaly_utils.loaders._visa_official.cache_clear()`` or restart the kernel.
+
+    Returns ``(train, evaluation)``; kinds are ``"good"`` or the defect description.
+    """
+    from .sources import split_val_test
+
+    size = _check_size(size)
+    if split not in VISA_SPLITS:
+        raise ValueError(f"split must be one of {VISA_SPLITS}, got {split!r}.")
+    seed = check_seed(seed)
+    root = _require_dir(root, "VisA root folder").resolve()
+    split_file = root / "split_csv" / "1cls.csv"
+    stamp = split_file.stat().st_mtime_ns if split_file.is_file() else None
+    train, test = _visa_official(root, category, size, bool(grey), stamp)
+    train = train.subset(list(range(len(train))))  # copies: the cached tensors stay as loaded
+    if split == "official":
+        return train, test.subset(list(range(len(test))))
+    val_part, test_part = split_val_test(test, seed=seed)
+    return train, (val_part if split == "val" else test_part)
+
+
+@functools.lru_cache(maxsize=1)
+def _visa_official(root: Path, category, size, grey: bool, stamp) -> tuple[AnomalyDataset, AnomalyDataset]:
+    """``(train, official test)`` of a VisA category, decoded once (a lesson asks for val, then for test)."""
+    rows = _visa_rows(root)
+    listed = sorted({r["object"] for r in rows})
+    if not isinstance(category, str) or category not in listed:
+        raise ValueError(f"VisA has no category {category!r}; its split file lists: {_few(listed, 12)}.")
+    base = root / category
+    if not (base / "Data").is_dir():
+        raise FileNotFoundError(f"VisA category {category!r} is not unpacked: {str(base / 'Data')!r} does not exist. "
+                                f"Run `make visa CATEGORIES={category}` (or `make visa`).")
+    kinds = _visa_kinds(base)
+    train_items, test_items, missing = [], [], []
+    for r in (r for r in rows if r["object"] == category):
+        if r["label"] not in ("normal", "anomaly") or r["split"] not in ("train", "test"):
+            raise ValueError(f"VisA split file: unexpected row {r} (label must be normal/anomaly, split train/test).")
+        label = int(r["label"] == "anomaly")
+        if r["split"] == "train" and label:
+            raise ValueError(f"VisA split file lists an anomalous training image ({r['image']}); the one-class "
+                             "split trains on normal images only. Is it the original 1cls.csv?")
+        image, mask = root / r["image"], (root / r["mask"] if label and r["mask"] else None)
+        missing += [str(f.relative_to(root)) for f in (image, mask) if f is not None and not f.is_file()]
+        if label and mask is None:
+            missing.append(f"(no mask listed for {r['image']})")
+        item = _Item(image, label, kinds.get(r["image"], "anomaly") if label else "good", mask)
+        (train_items if r["split"] == "train" else test_items).append(item)
+    if missing:
+        raise FileNotFoundError(f"VisA {category}: {len(missing)} file(s) of the split file are missing: "
+                                f"{_few(missing)}. Is the category unpacked completely? Run `make visa "
+                                f"CATEGORIES={category}` again.")
+    return _build(train_items, test_items, size, grey, f"visa/{category}", has_masks=True, mask_nonzero=True)
 
 
 # --------------------------------------------------------------------------- generic folders
@@ -375,9 +535,11 @@ def load_folder(normal_dir, anomalous_dir, mask_dir=None, mask_pattern: str = "{
         ``(train, test)``; kinds are ``"good"`` and ``"anomalous"``.
     """
     size = _check_size(size)
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be between 0 and 1 (the share of normal images held out for "
-                         f"the test), got {test_fraction}.")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.integer, np.floating)) \
+            or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a number between 0 and 1 (the share of normal images held out "
+                         f"for the test, e.g. 0.2), got {test_fraction!r}.")
+    seed = check_seed(seed)
     try:
         valid = "{stem}" in mask_pattern and bool(mask_pattern.format(stem="x"))
     except (KeyError, IndexError, ValueError):  # other fields, such as "{name}", or stray braces
@@ -399,7 +561,10 @@ def load_folder(normal_dir, anomalous_dir, mask_dir=None, mask_pattern: str = "{
     regex = _pattern_regex(mask_pattern)
     exclude = (lambda p: regex.match(p.name) is not None) if masks_beside else None
 
-    normal = _list_images(normal_dir, "normal image folder")
+    # a file named like a mask ("0_mask.png") in the normal folder is a stray mask, not a training image
+    named_like_masks = None if Path(mask_pattern.replace("{stem}", "x")).stem == "x" else \
+        (lambda p: regex.match(p.name) is not None)
+    normal = _list_images(normal_dir, "normal image folder", exclude=named_like_masks, say_excluded="mask_pattern")
     anomalous = _list_images(anomalous_dir, "anomalous image folder", exclude=exclude)
     if len(normal) < 2:
         raise ValueError(f"normal image folder {str(normal_dir)!r} has {len(normal)} image; at least 2 are needed "

@@ -8,12 +8,39 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.ndimage
+import torch
 
 
 def _np(x) -> np.ndarray:
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.dtype not in (torch.float16, torch.float32, torch.float64):
+            x = x.float()  # bfloat16 (mixed precision) and float8 have no NumPy type; float32 holds them exactly
+        x = x.numpy()
     return np.asarray(x)
+
+
+def _labels(labels, what: str) -> np.ndarray:
+    """``labels`` as a bool array (True = anomalous); a clear error for anything but 0/1 (or True/False)."""
+    y = _np(labels).ravel()
+    if y.dtype == bool:
+        return y
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{what}: labels must be numbers 0 (normal) / 1 (anomalous), got dtype {y.dtype}.")
+    values = np.unique(y)  # NaN sorts last
+    if set(values.tolist()) <= {0, 1}:
+        return y == 1
+    if set(values.tolist()) <= {-1, 1}:
+        raise ValueError(f"{what}: labels are -1 / +1 (scikit-learn's outlier convention: -1 = outlier, +1 = "
+                         "inlier); this course uses 0 = normal, 1 = anomalous. Convert them with "
+                         "labels = (y == -1).astype(int) (or (y == 1) if +1 marks your anomalies), and remember that "
+                         "scikit-learn's score_samples is higher for normal items: pass -score_samples(X) as scores.")
+    bad = [v for v in values.tolist() if v not in (0, 1)]
+    shown = ", ".join(f"{v:g}" for v in bad[:5])
+    raise ValueError(f"{what}: labels must be exactly 0 (normal) or 1 (anomalous), got {shown}"
+                     f"{' ...' if len(bad) > 5 else ''} ({int((~np.isin(y, [0, 1])).sum())} of {y.size} labels)."
+                     " Convert them first: class indices with (y != normal_class).astype(int), soft labels with "
+                     "(y >= 0.5).astype(int); drop unlabelled (NaN) items.")
 
 
 def _check_finite(s: np.ndarray, what: str) -> None:
@@ -43,7 +70,7 @@ def _counts_by_threshold(labels, scores, what: str):
     Returns ``(thresholds, tp, predicted, n_anomalous, n_normal)``: predicting anomalous for
     ``score >= thresholds[i]`` flags ``predicted[i]`` items, ``tp[i]`` of them anomalous.
     """
-    y = _np(labels).ravel().astype(bool)
+    y = _labels(labels, what)
     s = _np(scores).ravel().astype(np.float64)  # float64 holds every float32 and float16 value exactly
     _check_lengths(y, s, what)
     _check_finite(s, what)
@@ -80,13 +107,35 @@ def image_auroc(labels, pred_scores) -> float:
     return auroc(labels, pred_scores, "image_auroc")
 
 
-def pixel_auroc(masks, anomaly_maps) -> float:
-    """Pixel-level AUROC over every pixel of every image: ``masks [N, H, W]`` against maps ``[N, H, W]``."""
+def _masks_and_maps(masks, anomaly_maps, what: str):
+    """``(masks [N, H, W] bool, maps [N, H, W])``: one ``[H, W]`` pair is one image, ``[N, 1, H, W]`` is squeezed.
+
+    Mask pixels above 0.5 are defective; NaN in a mask is an error (it would silently count as normal).
+    """
     masks, maps = _np(masks), _np(anomaly_maps)
     if masks.shape != maps.shape:
-        raise ValueError(f"pixel_auroc: masks {masks.shape} and anomaly maps {maps.shape} differ in shape; "
+        raise ValueError(f"{what}: masks {masks.shape} and anomaly maps {maps.shape} differ in shape; "
                          "upsample the maps to the image size first.")
-    return auroc(masks.ravel() > 0.5, maps.ravel(), "pixel_auroc")  # no cast: ranks in float64
+    if masks.ndim == 2:  # one image
+        masks, maps = masks[None], maps[None]
+    elif masks.ndim == 4 and masks.shape[1] == 1:
+        masks, maps = masks[:, 0], maps[:, 0]
+    if masks.ndim != 3:
+        raise ValueError(f"{what}: masks and maps must be [N, H, W] (or [H, W] for one image, [N, 1, H, W]), got "
+                         f"shape {tuple(_np(masks).shape)}.")
+    if masks.dtype != bool and np.issubdtype(masks.dtype, np.floating) and np.isnan(masks).any():
+        raise ValueError(f"{what}: {int(np.isnan(masks).sum())} mask pixels are NaN; masks must be 0 (normal) or "
+                         "1 (defective).")
+    return masks > 0.5, maps
+
+
+def pixel_auroc(masks, anomaly_maps) -> float:
+    """Pixel-level AUROC over every pixel of every image: ``masks [N, H, W]`` against maps ``[N, H, W]``.
+
+    One image may be given as ``[H, W]`` (as for :func:`aupro`).
+    """
+    masks, maps = _masks_and_maps(masks, anomaly_maps, "pixel_auroc")
+    return auroc(masks.ravel(), maps.ravel(), "pixel_auroc")  # no cast: ranks in float64
 
 
 def aupro(masks, anomaly_maps, fpr_limit: float = 0.3) -> float:
@@ -98,13 +147,14 @@ def aupro(masks, anomaly_maps, fpr_limit: float = 0.3) -> float:
     MVTec's reference code, the curve starts at (0, 0) and is integrated with trapezoids up to
     ``fpr_limit`` (interpolating linearly at the limit), then divided by ``fpr_limit``. A
     threshold that flags defect pixels only adds a vertical step at FPR 0, so the curve effectively
-    starts at the PRO of the highest threshold with FPR 0.
+    starts at the PRO of the highest threshold with FPR 0. ``masks`` and maps are ``[N, H, W]`` (or ``[H, W]``
+    for one image).
     """
-    masks, maps = _np(masks) > 0.5, _np(anomaly_maps).astype(np.float64)  # float64: no ties added
-    if masks.shape != maps.shape:
-        raise ValueError(f"aupro: masks {masks.shape} and anomaly maps {maps.shape} differ in shape.")
-    if not 0 < fpr_limit <= 1:
-        raise ValueError(f"aupro: fpr_limit must be in (0, 1], got {fpr_limit}.")
+    masks, maps = _masks_and_maps(masks, anomaly_maps, "aupro")
+    maps = maps.astype(np.float64)  # float64: no ties added
+    if isinstance(fpr_limit, bool) or not isinstance(fpr_limit, (int, float, np.number)) or not 0 < fpr_limit <= 1:
+        raise ValueError(f"aupro: fpr_limit must be a number in (0, 1] (MVTec AD's protocol uses 0.3), got "
+                         f"{fpr_limit!r}.")
     _check_finite(maps, "aupro")
     if not masks.any() or masks.all():
         raise ValueError("aupro needs images with both defective and normal pixels.")
@@ -149,7 +199,13 @@ def f1_optimal_threshold(labels, scores):
 
 def confusion_at(labels, scores, threshold: float) -> dict:
     """Counts of misses and false alarms when predicting anomalous for ``score >= threshold``."""
-    y = _np(labels).ravel().astype(bool)
-    p = _np(scores).ravel() >= threshold
+    y = _labels(labels, "confusion_at")
+    s = _np(scores).ravel().astype(np.float64)
+    _check_lengths(y, s, "confusion_at")
+    _check_finite(s, "confusion_at")
+    if isinstance(threshold, (bool, np.bool_)) or np.ndim(threshold) != 0 or np.isnan(float(_np(threshold))):
+        raise ValueError(f"confusion_at: threshold must be one number (e.g. from f1_optimal_threshold on the val "
+                         f"split), got {threshold!r}.")
+    p = s >= float(_np(threshold))
     return {"true_positives": int((p & y).sum()), "false_positives": int((p & ~y).sum()),
             "false_negatives": int((~p & y).sum()), "true_negatives": int((~p & ~y).sum())}

@@ -51,5 +51,28 @@ def test_feature_extractor_grey_input_and_bad_blocks():
     with torch.no_grad():
         (grey,) = fx(torch.rand(2, 1, 64, 64))
     assert grey.shape == (2, 40, 64 // BLOCK_STRIDE[4], 64 // BLOCK_STRIDE[4])
-    with pytest.raises(ValueError, match="blocks must be in 0..15"):
+    with pytest.raises(ValueError, match="block indices in 0..15"):
         FeatureExtractor((2, 16))
+
+
+# --------------------------------------------------------------------------- hardening (issue 22: the rest of the area)
+
+@pytest.mark.parametrize("images,match", [
+    (torch.rand(3, 32, 32), r"shape \[3, 32, 32\].*images\[None\]"),
+    (torch.rand(2, 32, 32, 3), r"Channels-last.*permute"),
+    (torch.rand(2, 4, 32, 32), r"alpha channel"),
+    (torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), r"float in \[0, 1\].*/ 255"),
+    (torch.rand(2, 3, 32, 32) * 255, r"values from .* to .*divide 8-bit pixels by 255"),
+    (imagenet_normalize(torch.rand(2, 3, 32, 32)), r"do not apply an ImageNet normalisation"),
+])
+def test_backbone_input_that_would_be_misread_is_an_error(images, match):
+    fx = FeatureExtractor((2,))
+    with pytest.raises(ValueError, match=match):
+        fx(images)
+
+
+@pytest.mark.parametrize("blocks", [(), [], (2, 99), "2"])
+def test_bad_blocks_say_what_to_give(blocks):
+    with pytest.raises(ValueError, match=r"blocks must be one or more block indices in 0..15"):
+        FeatureExtractor(blocks)
+    assert FeatureExtractor(4).blocks == (4,)  # one int is one block

@@ -224,3 +224,55 @@ def test_counts_are_checked_at_the_call(kwargs):
 def test_test_split_without_anomalies_is_an_error_at_load_time():
     with pytest.raises(ValueError, match="needs normal AND anomalous"):
         load_digits(list(range(10)))
+
+
+# --------------------------------------------------------------------------- hardening, round 2 (issue 22)
+
+def test_kinds_must_give_one_string_per_item():
+    with pytest.raises(ValueError, match=r"3 images but 2 kinds; give one kind per item"):
+        AnomalyDataset(torch.zeros(3, 1, 4, 4), [0, 1, 1], kinds=["good", "scratch"])
+    with pytest.raises(ValueError, match=r"kinds must be a list.*\['good'\] \* 3"):
+        AnomalyDataset(torch.zeros(3, 1, 4, 4), [0, 1, 1], kinds="good")  # was split into letters
+    assert AnomalyDataset(torch.zeros(2, 1, 4, 4), [0, 1], kinds=("good", "hole")).kinds == ["good", "hole"]
+
+
+@pytest.mark.parametrize("families", [[], (), "scratch", ["scratch", "crack"]])
+def test_texture_families_are_checked(families):
+    with pytest.raises(ValueError, match=r"families must be a non-empty list of defect families from \('scratch'"):
+        load_textures("brick", size=16, n_train=2, n_test_normal=2, n_test_defective=2, families=families)
+
+
+@pytest.mark.parametrize("seed", [-1, None, 1.5, "0"])
+def test_seeds_are_checked_by_every_embedded_loader(seed):
+    from anomaly_utils.data import load_piped
+
+    for call in (lambda: load_digits(3, seed=seed), lambda: load_mnist(3, seed=seed),
+                 lambda: load_textures("brick", size=16, n_train=2, n_test_normal=2, n_test_defective=2, seed=seed),
+                 lambda: load_piped("PA_BRG01_RL", seed=seed)):
+        with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+            call()
+
+
+def test_resize_masks_keeps_every_defect():
+    from anomaly_utils.data import resize_masks
+
+    m = torch.zeros(3, 256, 256)
+    m[0, 100:103, 20:220] = 1  # a 3-px scratch: nearest-neighbour resizing to 32 px loses it
+    m[1, 5, 5] = m[1, 200, 201] = 1  # two one-pixel specks
+    m[2, 64:128, 64:192] = 1  # a large defect keeps its area exactly (an 8 x 8 grid)
+    r = resize_masks(m, 32)
+    assert r.shape == (3, 32, 32) and set(r.unique().tolist()) <= {0.0, 1.0}
+    rows = r[0].sum(1)
+    assert rows.nonzero().flatten().tolist() == [12] and 24 <= rows[12] <= 26  # still a line, one pixel wide
+    assert r[1].sum() == 2 and r[1, 0, 0] == 1 and r[1, 25, 25] == 1
+    assert r[2].sum() * 64 == m[2].sum()
+    assert torch.equal(resize_masks(m, 256), m) and resize_masks(m, (16, 64)).shape == (3, 16, 64)
+    assert resize_masks(torch.zeros(2, 64, 64), 8).sum() == 0
+
+
+def test_piped_masks_keep_their_impurities_at_small_sizes():
+    from anomaly_utils.data import load_piped, piped_categories
+
+    for category in piped_categories():  # size 32: two of the impurity masks became empty before
+        _, test = load_piped(category, size=32)
+        assert (test.masks[test.labels == 1].flatten(1).amax(1) > 0).all(), category

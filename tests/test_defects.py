@@ -133,3 +133,21 @@ def test_cutpaste_keeps_mean_and_contrast_of_the_region():
     assert abs(float(out[m].mean() - image[m].mean())) < 0.02
     assert abs(float(out[m].std() - image[m].std())) < 0.02
     assert float((out - image).abs()[m].mean()) > 0.1  # yet the pixels are not the same
+
+
+# --------------------------------------------------------------------------- hardening (issue 22: the rest of the area)
+
+@pytest.mark.parametrize("name", ["confetti_noise", "fcdd_confetti_noise", "smooth_blobs", "local_shuffle"])
+def test_pseudo_anomalies_need_a_batch(name):
+    fn = getattr(defects, name)
+    with pytest.raises(ValueError, match=rf"{name} needs a float tensor \[N, C, H, W\].*images\[None\]"):
+        fn(torch.rand(1, 32, 32))  # one image without its batch dimension: "not enough values to unpack" before
+
+
+def test_local_shuffle_patch_must_fit_and_defects_take_one_grey_image():
+    with pytest.raises(ValueError, match="patch must be a whole number from 1 to the image side"):
+        defects.local_shuffle(torch.rand(2, 1, 4, 4), patch=8)  # silently shuffled nothing before
+    with pytest.raises(ValueError, match=r"one grey float image \[H, W\].*image\[0\]"):
+        defects.apply_defect("hole", torch.rand(1, 32, 32), None, np.random.default_rng(0))
+    image, mask = defects.apply_defect("hole", torch.rand(32, 32).numpy(), None, np.random.default_rng(0))
+    assert image.shape == mask.shape == (32, 32)  # a NumPy image is taken as a tensor

@@ -85,3 +85,58 @@ def test_float64_maps_keep_their_precision():
     ds = toy_test_set()
     signal = MapDetector(ds, lambda m: 1e4 + 1e-4 * m.double())  # float32 would round the signal away
     assert evaluate(signal, ds).pixel_auroc == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- evaluate: hardening, round 2 (issue 22)
+
+@pytest.mark.parametrize("batch_size", [0, -4, 2.5, True])
+def test_evaluate_rejects_a_bad_batch_size(batch_size):
+    ds = toy_test_set()
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+        evaluate(MapDetector(ds), ds, batch_size=batch_size)
+
+
+def test_evaluate_on_empty_masks_says_the_masks_are_empty():
+    ds = toy_test_set()
+    empty = AnomalyDataset(ds.images, ds.labels, torch.zeros_like(ds.masks), name="toy/test")
+    with pytest.raises(ValueError, match=r"toy/test: its 3 anomalous image\(s\).*every mask is empty.*"
+                                         r"pixel_metrics=False"):
+        evaluate(MapDetector(ds), empty)
+    assert evaluate(MapDetector(ds), empty, pixel_metrics=False).pixel_auroc is None  # the way out works
+    full = AnomalyDataset(ds.images, ds.labels, torch.ones_like(ds.masks), name="toy/test")
+    with pytest.raises(ValueError, match="every pixel of every mask is marked defective.*inverted"):
+        evaluate(MapDetector(ds), full)
+
+
+def test_evaluate_names_a_train_test_pair_and_a_bad_predict():
+    ds = toy_test_set()
+    with pytest.raises(TypeError, match=r"\(train, test\) pair"):
+        evaluate(MapDetector(ds), (ds, ds))
+
+    class ScoresOnly(MapDetector):
+        def predict(self, images):
+            return super().predict(images)[0]
+    with pytest.raises(TypeError, match=r"predict must return \(pred_score.*\(scores, None\)"):
+        evaluate(ScoresOnly(ds), ds)
+
+
+def test_evaluate_accepts_bfloat16_outputs():
+    ds = toy_test_set()
+
+    class Half(MapDetector):
+        def predict(self, images):
+            s, m = super().predict(images)
+            return s.to(torch.bfloat16), m.to(torch.bfloat16)
+    result = evaluate(Half(ds), ds)
+    assert result.image_auroc == 1.0 and result.pixel_auroc > 0.95
+
+
+def test_evaluate_maps_for_some_batches_only_is_an_error():
+    ds = toy_test_set()
+
+    class Sometimes(MapDetector):
+        def predict(self, images):
+            s, m = super().predict(images)
+            return s, (m if images[0, 0, 0, 0] == ds.images[0, 0, 0, 0] else None)
+    with pytest.raises(ValueError, match="maps for 2 of 6 images"):
+        evaluate(Sometimes(ds), ds, batch_size=2)

@@ -358,7 +358,7 @@ def test_suspicious_masks_warn_once_per_data_set(folder):
         load_folder(folder / "good", folder / "bad", size=16)
     messages = [str(w.message) for w in record if "mask" in str(w.message)]
     assert len(messages) == 2
-    assert "2 anomalous image(s) have an empty mask" in messages[0] and "a0_mask.png, bad/a1_mask.png" in messages[0]
+    assert "2 of 3 anomalous image(s) have an empty mask" in messages[0] and "a0_mask.png, bad/a1_mask.png" in messages[0]
     assert "1 mask(s) mark more than half" in messages[1] and "bad/a2_mask.png" in messages[1]
     assert "inverted" in messages[1]
 
@@ -457,3 +457,106 @@ print((kb('VmHWM') - before) / data)
     assert out.returncode == 0, out.stderr
     ratio = float(out.stdout.split()[-1])
     assert ratio < 1.6, f"loading peaked at {ratio:.2f} x the data size"
+
+
+# --------------------------------------------------------------------------- hardening, round 2 (issue 22)
+
+def test_thin_and_small_defects_keep_a_pixel_when_resized(tmp_path):
+    big = 256
+    for i in range(3):
+        save(tmp_path / "good" / f"n{i}.png", grey(100, side=big))
+    scratch, speck = np.zeros((big, big), np.uint8), np.zeros((big, big), np.uint8)
+    scratch[100:103, 20:220] = 255  # a 3-px scratch: nearest-neighbour sampling at 32 px missed it
+    speck[41:43, 41:43] = 255
+    for name, m in (("scratch", scratch), ("speck", speck)):
+        save(tmp_path / "bad" / f"{name}.png", grey(50, side=big))
+        save(tmp_path / "bad" / f"{name}_mask.png", m)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no empty-mask warning: nothing was lost
+        _, test = load_folder(tmp_path / "good", tmp_path / "bad", size=32, test_fraction=0.34)
+    masks = {k: m for k, m in zip([p for p in ("good", "scratch", "speck")], test.masks)}
+    assert masks["scratch"].sum(1).nonzero().flatten().tolist() == [12] and masks["scratch"].sum() >= 24
+    assert masks["speck"].sum() == 1 and masks["speck"][5, 5] == 1
+
+
+def test_empty_mask_warning_counts_after_resizing(tmp_path, monkeypatch):
+    import anomaly_utils.loaders as loaders
+
+    big = 64
+    for i in range(3):
+        save(tmp_path / "good" / f"n{i}.png", grey(100, side=big))
+    m = np.zeros((big, big), np.uint8)
+    m[10, 10] = 255
+    save(tmp_path / "bad" / "a.png", grey(50, side=big))
+    save(tmp_path / "bad" / "a_mask.png", m)
+    # a resize that drops the one-pixel defect (the old nearest-neighbour rule) must be reported
+    monkeypatch.setattr(loaders, "_resize_mask", lambda mask, size: torch.zeros(size))
+    with pytest.warns(UserWarning, match=r"1 of 1 anomalous image\(s\) have an empty mask.*bad/a_mask.png"):
+        load_folder(tmp_path / "good", tmp_path / "bad", size=8)
+
+
+def test_jpeg_colour_mask_is_thresholded_on_its_brightest_channel(folder):
+    m = np.zeros((64, 64, 3), np.uint8)
+    m[20:30, 20:30] = (230, 30, 30)  # a 100-pixel red defect, saved as JPEG: noise around its edges
+    for i in range(10):
+        save(folder / "big_good" / f"n{i}.png", grey(10 * (i + 1), side=64))
+    save(folder / "big_bad" / "a.png", grey(200, side=64))
+    Image.fromarray(m).save(folder / "big_bad" / "a_mask.jpg", quality=75)
+    assert (np.asarray(Image.open(folder / "big_bad" / "a_mask.jpg")).max(-1) > 0).sum() > 130  # the noise is there
+    _, test = load_folder(folder / "big_good", folder / "big_bad", mask_pattern="{stem}_mask.jpg", size=None)
+    assert test.masks[-1].sum() == 100 and test.masks[-1, 20:30, 20:30].all()
+
+
+def test_mask_named_file_in_the_normal_folder_is_skipped_with_a_message(folder):
+    save(folder / "good" / "0_mask.png", box_mask(0, 12, 0, 12))
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) named like masks.*0_mask.png"):
+        train, test = load_folder(folder / "good", folder / "bad", size=16)
+    assert len(train) + (test.labels == 0).sum() == 10  # the ten real normal images only
+    save(folder / "good2" / "n0.png", grey(10))
+    save(folder / "good2" / "n1.png", grey(20))
+    # with a pattern that cannot tell masks from images (same name, own folder) nothing is skipped
+    train, _ = load_folder(folder / "good2", folder / "bad2", mask_dir=folder / "masks", mask_pattern="{stem}.png",
+                           size=16, test_fraction=0.5)
+    assert len(train) == 1
+
+
+def test_mask_named_file_in_mvtec_folders_is_skipped(mvtec):
+    save(mvtec / "bottle" / "train" / "good" / "003_mask.png", box_mask(0, 12, 0, 12))
+    with pytest.warns(UserWarning, match="003_mask.png"):
+        train, _ = load_mvtec(mvtec, "bottle", size=16)
+    assert len(train) == 4
+
+
+@pytest.mark.parametrize("fraction", ["0.2", None, True, float("nan"), 0, 1])
+def test_test_fraction_must_be_a_number_between_0_and_1(folder, fraction):
+    with pytest.raises(ValueError, match=r"test_fraction must be a number between 0 and 1.*got"):
+        load_folder(folder / "good", folder / "bad", test_fraction=fraction)
+
+
+@pytest.mark.parametrize("seed", [-1, None, "1"])
+def test_folder_seed_is_checked(folder, seed):
+    with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+        load_folder(folder / "good", folder / "bad", seed=seed)
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale_with_its_mask_checked_at_full_size(tmp_path):
+    side = 512
+    yy, xx = np.mgrid[:side, :side]
+    photo = ((np.stack([xx, yy, xx + yy], -1) / (2 * side)) * 255).astype(np.uint8)
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    for i in range(3):
+        Image.fromarray(photo).save(tmp_path / "good" / f"n{i}.jpg", quality=95)
+    Image.fromarray(photo).save(tmp_path / "bad" / "a.jpg", quality=95)
+    m = np.zeros((side, side), np.uint8)
+    m[100:200, 300:400] = 255
+    save(tmp_path / "bad" / "a_mask.png", m)
+    train, test = load_folder(tmp_path / "good", tmp_path / "bad", size=32, test_fraction=0.34)
+    full = torch.nn.functional.interpolate(torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255, size=(32, 32),
+                                           mode="bilinear", antialias=True)[0]
+    assert (train.images[0] - full).abs().max() < 0.03  # the same picture as a full decode
+    assert test.masks[-1, 6:13, 19:25].all() and test.masks[-1].sum() == 42  # rows 6.25-12.5, columns 18.75-25
+    save(tmp_path / "bad" / "a_mask.png", np.zeros((side // 2, side // 2), np.uint8))
+    with pytest.raises(ValueError, match=r"is 256 x 256 pixels but its image .* is 512 x 512"):
+        load_folder(tmp_path / "good", tmp_path / "bad", size=32, test_fraction=0.34)

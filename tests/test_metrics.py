@@ -302,3 +302,77 @@ def test_pixel_metrics_keep_the_precision_of_the_maps():
     assert pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-9)
     assert aupro(masks, maps) == pytest.approx(exact_aupro(masks, maps), abs=1e-3)
     assert aupro(masks, maps) > aupro(masks, maps.astype(np.float32)) + 0.05
+
+
+# --------------------------------------------------------------------------- hardening, round 2 (issue 22)
+
+@pytest.mark.parametrize("fn", [image_auroc, roc_curve, f1_optimal_threshold])
+@pytest.mark.parametrize("bad", [0.5, np.nan, 2])
+def test_labels_other_than_zero_and_one_are_rejected(fn, bad):
+    # 0.5 and NaN were counted as anomalous (astype(bool)); the dataset class rejects them, the metrics must too
+    with pytest.raises(ValueError, match=r"labels must be exactly 0 \(normal\) or 1 \(anomalous\).*1 of 4 labels"):
+        fn([0, bad, 1, 1], [0.1, 0.2, 0.3, 0.4])
+
+
+def test_minus_one_plus_one_labels_say_how_to_convert():
+    with pytest.raises(ValueError, match=r"-1 / \+1.*scikit-learn.*\(y == -1\)\.astype\(int\).*-score_samples"):
+        image_auroc([-1, 1, 1, -1], [0.9, 0.1, 0.2, 0.8])
+    assert image_auroc(np.array([-1, 1, 1, -1]) == -1, [0.9, 0.1, 0.2, 0.8]) == 1.0  # converted: accepted
+    assert image_auroc(torch.tensor([False, True]), [0.1, 0.2]) == 1.0  # bool labels
+
+
+def test_confusion_at_checks_lengths_nan_scores_and_threshold():
+    from anomaly_utils.metrics import confusion_at
+
+    with pytest.raises(ValueError, match="3 labels but 1 scores"):
+        confusion_at([0, 1, 1], [0.5], 0.3)  # was broadcast over all labels
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        confusion_at([0, 1, 1], [0.5, np.nan, 1.0], 0.3)  # NaN was counted as normal
+    with pytest.raises(ValueError, match="threshold must be one number"):
+        confusion_at([0, 1, 1], [0.5, 0.2, 1.0], np.nan)
+    with pytest.raises(ValueError, match="labels must be exactly 0"):
+        confusion_at([0, 0.5, 1], [0.5, 0.2, 1.0], 0.3)
+    assert confusion_at([0, 1, 1], [0.5, 0.2, 1.0], 0.3) == {
+        "true_positives": 1, "false_positives": 1, "false_negatives": 1, "true_negatives": 0}
+    assert confusion_at([0, 0], torch.tensor([0.5, 0.2]), torch.tensor(0.3))["false_positives"] == 1
+
+
+def test_bfloat16_scores_and_maps_are_converted():
+    y = torch.tensor([0, 1, 0, 1])
+    s = torch.tensor([0.1, 0.9, 0.2, 0.8], dtype=torch.bfloat16)
+    assert image_auroc(y, s) == 1.0
+    assert f1_optimal_threshold(y, s)[1] == 1.0
+    masks = torch.zeros(2, 8, 8)
+    masks[1, 2:4, 2:4] = 1
+    maps = (masks + 0.1 * torch.rand(2, 8, 8)).to(torch.bfloat16)
+    assert pixel_auroc(masks, maps) == pytest.approx(1.0)
+    assert aupro(masks, maps) == pytest.approx(1.0)
+
+
+def test_one_two_dimensional_map_is_one_image_for_both_pixel_metrics():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((16, 16))
+    mask[4:8, 4:9] = 1
+    amap = rng.random((16, 16)) + 0.5 * mask
+    assert aupro(mask, amap) == pytest.approx(aupro(mask[None], amap[None]))  # failed inside scipy before
+    assert pixel_auroc(mask, amap) == pytest.approx(pixel_auroc(mask[None], amap[None]))
+    assert aupro(mask[None, None], amap[None, None]) == pytest.approx(aupro(mask[None], amap[None]))  # [N, 1, H, W]
+    with pytest.raises(ValueError, match=r"must be \[N, H, W\]"):
+        aupro(mask.ravel(), amap.ravel())
+
+
+def test_nan_in_masks_is_an_error():
+    masks = np.zeros((2, 4, 4))
+    masks[1, :2, :2] = 1
+    masks[0, 3, 3] = np.nan
+    for fn in (pixel_auroc, aupro):
+        with pytest.raises(ValueError, match="1 mask pixels are NaN"):
+            fn(masks, np.random.default_rng(0).random((2, 4, 4)))
+
+
+@pytest.mark.parametrize("limit", ["0.3", 0, 1.5, np.nan, True])
+def test_aupro_fpr_limit_must_be_a_number_in_range(limit):
+    masks = np.zeros((1, 8, 8))
+    masks[0, :2, :2] = 1
+    with pytest.raises(ValueError, match=r"fpr_limit must be a number in \(0, 1\]"):
+        aupro(masks, np.random.default_rng(0).random((1, 8, 8)), fpr_limit=limit)

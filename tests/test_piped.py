@@ -76,3 +76,11 @@ def test_all_twelve_types_load_in_seconds():
     for category in piped_categories():
         load_piped(category)
     assert time.process_time() - start < 20  # CPU seconds: robust to a busy machine
+
+
+def test_a_list_of_categories_or_a_bad_seed_says_what_to_do():
+    with pytest.raises(ValueError, match=r"category must be one PIPED type.*loop"):
+        load_piped(["PA_BRG01_RL", "PA_BTN01_RL"])  # was a TypeError (unhashable list) from the cache
+    for seed in (-1, None):
+        with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+            load_piped("PA_BRG01_RL", seed=seed)

@@ -197,3 +197,143 @@ def test_two_writers_of_one_key_do_not_collide(cache, monkeypatch):
     monkeypatch.setattr(torch, "save", save_while_another_saves)
     _, _, from_cache = load_or_train(torch.nn.Linear(2, 2), "demo", {}, train_fn)
     assert not from_cache and [p.suffix for p in cache.iterdir()] == [".pt"]
+
+
+# --------------------------------------------------------------------------- shared checkpoints (issue 21)
+
+NET_SOURCE = '''import torch
+
+
+class Net(torch.nn.Module):
+    """A tiny model."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.body(x)  # SCALE
+'''
+
+
+def import_file(path, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_same_class_source_under_two_module_names_shares_the_key(tmp_path):
+    (tmp_path / "a.py").write_text(NET_SOURCE)
+    (tmp_path / "b.py").write_text("# another file, other code above the class\nX = 1\n" + NET_SOURCE)
+    a = import_file(tmp_path / "a.py", "anomaly_utils.lessons.some_lesson")
+    b = import_file(tmp_path / "b.py", "__main__.cell")
+    assert a.Net.__module__ != b.Net.__module__
+    assert config_key({"epochs": 3}, a.Net()) == config_key({"epochs": 3}, b.Net())
+    # a class compiled from a notebook cell: no file, its source only in linecache (as IPython keeps it)
+    import linecache
+
+    cell = "<ipython-input-7-cell>"
+    linecache.cache[cell] = (len(NET_SOURCE), None, NET_SOURCE.splitlines(True), cell)
+    namespace = {"__name__": "__main__"}
+    exec(compile(NET_SOURCE, cell, "exec"), namespace)
+    assert config_key({"epochs": 3}, namespace["Net"]()) == config_key({"epochs": 3}, a.Net())
+    # the config and the source still count
+    assert config_key({"epochs": 4}, a.Net()) != config_key({"epochs": 3}, a.Net())
+    (tmp_path / "c.py").write_text(NET_SOURCE.replace("self.body(x)", "2 * self.body(x)"))
+    c = import_file(tmp_path / "c.py", "anomaly_utils.lessons.some_lesson")
+    assert config_key({"epochs": 3}, c.Net()) != config_key({"epochs": 3}, a.Net())
+
+
+def test_class_without_source_falls_back_without_its_module_name():
+    src = "import torch\nclass Bare(torch.nn.Module):\n    def forward(self, x):\n        return x + 1\n"
+    keys = []
+    for module in ("__main__", "anomaly_utils.lessons.x"):
+        namespace = {"__name__": module}
+        exec(compile(src, "<no file>", "exec"), namespace)  # neither a file nor a linecache entry
+        assert profiles.class_source(namespace["Bare"]) is None
+        keys.append(config_key({}, namespace["Bare"]()))
+    assert keys[0] == keys[1]
+    namespace = {"__name__": "__main__"}
+    exec(compile(src.replace("x + 1", "x + 2"), "<no file>", "exec"), namespace)
+    assert config_key({}, namespace["Bare"]()) != keys[0]
+
+
+def test_a_class_defined_in_a_jupyter_cell_keys_like_its_exported_module(tmp_path):
+    """In a real kernel: inspect.getsource fails for notebook classes; the key must still come from the source."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("%matplotlib inline\n" + NET_SOURCE),
+                nbformat.v4.new_code_cell("import inspect\nfrom anomaly_utils.profiles import config_key\n"
+                                          "try:\n    inspect.getsource(Net)\n    print('getsource works')\n"
+                                          "except OSError:\n    print('getsource fails')\n"
+                                          "print('key', config_key({'epochs': 3}, Net()))")]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    out = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    (tmp_path / "lesson.py").write_text(NET_SOURCE)
+    exported = import_file(tmp_path / "lesson.py", "anomaly_utils.lessons.lesson")
+    assert f"key {config_key({'epochs': 3}, exported.Net())}" in out, out
+
+
+# --------------------------------------------------------------------------- the gpu profile, capped (issue 22)
+
+def test_cap_takes_counts_from_smoke_and_keeps_gpu_sizes(monkeypatch):
+    monkeypatch.setenv("AD_PROFILE", "gpu")
+    monkeypatch.setenv("AD_CAP", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    smoke = dict(size=32, width=8, n_train=16, tex_n_test=4, epochs=1, pretrain_epochs=1, n_iter=10, steps=(2, 4),
+                 classes=[0, 1], lr=1e-3, big_bank=50, piped_types=["A"], sub=dict(nz=16, epochs=1))
+    gpu = dict(size=256, width=64, n_train=None, tex_n_test=100, epochs=100, pretrain_epochs=50, n_iter=500,
+               steps=(10, 25, 50), classes=list(range(10)), lr=2e-4, big_bank=10**6, piped_types=None,
+               sub=dict(nz=100, epochs=30), only_gpu=3)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "CUDA is not available ... slow" warning under the cap
+        cfg = pick(smoke=smoke, cpu=dict(), gpu=gpu)
+    assert cfg == dict(size=256, width=64, n_train=16, tex_n_test=4, epochs=1, pretrain_epochs=1, n_iter=10,
+                       steps=(2, 4), classes=[0, 1], lr=2e-4, big_bank=50, piped_types=["A"],
+                       sub=dict(nz=100, epochs=1), only_gpu=3)
+    assert "only_gpu" not in smoke and cfg is not gpu
+    assert pick(smoke=8, cpu=400, gpu=400) == 8  # a bare value: the smoke one
+    assert pick(smoke=["PA_1"], cpu=["PA_1", "PA_2"], gpu=None) == ["PA_1"]
+    with pytest.warns(UserWarning, match="'n_extra' looks like a count but the smoke value has no 'n_extra'"):
+        assert pick(smoke=dict(size=1), cpu={}, gpu=dict(size=2, n_extra=9)) == dict(size=2, n_extra=9)
+    with pytest.raises(ValueError, match="AD_CAP=1 takes the counts from the smoke value"):
+        pick(cpu=1, gpu=2)
+    monkeypatch.setenv("AD_PROFILE", "cpu")  # the cap applies to the cpu profile too
+    assert pick(smoke=dict(size=8, epochs=1), cpu=dict(size=64, epochs=40), gpu={}) == dict(size=64, epochs=1)
+    monkeypatch.setenv("AD_CAP", "0")
+    assert pick(smoke=dict(size=8, epochs=1), cpu=dict(size=64, epochs=40), gpu={}) == dict(size=64, epochs=40)
+    monkeypatch.setenv("AD_CAP", "maybe")
+    with pytest.raises(ValueError, match="AD_CAP='maybe'"):
+        pick(smoke=1, cpu=2, gpu=3)
+
+
+@pytest.mark.parametrize("key,count", [("n_train", True), ("tex_n_test", True), ("mnist_n_test_anomalous", True),
+                                       ("pretrain_epochs", True), ("collapse_steps", True), ("trace_iter", True),
+                                       ("n_iter", True), ("sens_seeds", True), ("size", False), ("width", False),
+                                       ("latent_dim", False), ("batch_size", False), ("nz", False),
+                                       ("size_timing", False), ("normal_class", False), ("search_lr", False)])
+def test_count_keys(key, count):
+    assert profiles.is_count_key(key) == count
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 32, 1.5, None, "0"])
+def test_seed_everything_checks_the_seed(seed):
+    with pytest.raises(ValueError, match="seed must be a whole number from 0 to 2\\*\\*32 - 1"):
+        seed_everything(seed)  # NumPy's "Seed must be between 0 and 2**32 - 1" (or a TypeError) before
+
+
+def test_load_or_train_arguments_and_unstable_configs(cache):
+    train_fn, calls = make_trainer()
+    with pytest.raises(TypeError, match="needs the torch.nn.Module"):
+        load_or_train("model", "demo", {}, train_fn)
+    with pytest.raises(TypeError, match=r"train_fn must be a function train_fn\(model\)"):
+        load_or_train(torch.nn.Linear(2, 2), "demo", {}, {"epochs": 3})
+    with pytest.warns(UserWarning, match="no stable text.*<lambda> at 0x.*cache never hits"):
+        config_key({"schedule": lambda epoch: 0.1})  # a new key in every process: silent retraining
+    assert calls == []

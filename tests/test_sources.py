@@ -119,3 +119,35 @@ def test_piped_branch_calls_the_data_module(monkeypatch):
     assert sources.real_categories() == ["pipe_a", "pipe_b"]
     assert sources.load_real("pipe_a", size=64, split="val", seed=3) == (fake, fake)
     assert calls == [("pipe_a", 64, "val", 3)]
+
+
+# --------------------------------------------------------------------------- no lesson bypasses sources (issue 21)
+
+def test_no_lesson_but_the_primer_calls_load_piped():
+    """Real images with masks come through sources.load_real / real_categories, so that AD_DATA switches every
+    lesson; only 00_primer, which introduces PIPED, may call load_piped itself."""
+    import json
+    import re
+    from pathlib import Path
+
+    notebooks = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks
+    call = re.compile(r"\bload_piped\s*\(")
+    offenders = []
+    for path in notebooks:
+        if path.name.startswith("00_"):
+            continue
+        for k, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] != "code":
+                continue
+            code = "\n".join(line.split("#", 1)[0] for line in "".join(cell["source"]).splitlines())
+            if call.search(code):
+                offenders.append(f"{path.name} (cell {k})")
+    assert not offenders, ("these lessons call load_piped directly; use anomaly_utils.sources.load_real(category, "
+                           "size, split) and real_categories() instead: " + ", ".join(offenders))
+
+
+@pytest.mark.parametrize("seed", [-1, None, 0.5])
+def test_split_seed_is_checked(mvtec, seed):
+    with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+        sources.load_real("carpet", size=8, split="val", seed=seed)  # NumPy's own error (or none) before
