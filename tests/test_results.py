@@ -417,3 +417,13 @@ def test_results_files_get_ordinary_permissions(tmp_path, monkeypatch):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_capped_runs_write_no_results(tmp_path, monkeypatch):
+    # AD_CAP=1 runs a profile with smoke-sized counts: its numbers mean nothing, like a smoke run's
+    monkeypatch.setenv("AD_PROFILE", "cpu")
+    monkeypatch.setenv("AD_CAP", "1")
+    assert save_result("02_fcdd", [result_row("m", "d", image_auroc=0.5)], results_dir=tmp_path) is None
+    assert not list(tmp_path.iterdir())
+    monkeypatch.delenv("AD_CAP")
+    assert save_result("02_fcdd", [result_row("m", "d", image_auroc=0.5)], results_dir=tmp_path).exists()
