@@ -6,7 +6,9 @@ data set it applies to, in a fresh process (so that peak memory is the method's 
 * seconds to fit (median of ``--repeats`` fits),
 * images per second at inference (median of ``--repeats`` passes over the test split),
 * peak resident memory of the process (MB) and, on CUDA, peak GPU memory,
-* for methods on the pretrained backbone: inference time divided by the backbone's own forward time.
+* for methods on the pretrained backbone: inference time divided by the backbone's own forward time on the
+  images the method's backbone sees (the distillation methods, STFPM and Reverse Distillation: 128 px, their
+  lesson's size; aim: at most 2x the backbone).
 
     python -m anomaly_utils.bench [--repeats 3] [--methods kNN PaDiM] [--profile cpu]
     python -m anomaly_utils.bench --only coreset     # only PatchCore's coreset row (224 px, 400 images)
@@ -23,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import queue as queue_module
+import re
 import resource
 import statistics
 import time
@@ -46,10 +49,23 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def backbone_input(detector, images: torch.Tensor) -> torch.Tensor:
+    """The images a method's backbone sees: after the registry's ``AtSize`` wrapper (its size and channels) and
+    the detector's own ``image_size`` (the memory banks resize inside), so the ratio compares like with like."""
+    import torch.nn.functional as F
+
+    seen = detector.prepare(images) if hasattr(detector, "prepare") else images
+    size = getattr(getattr(detector, "detector", detector), "image_size", None)
+    if size is not None and tuple(seen.shape[-2:]) != (size, size):
+        seen = F.interpolate(seen, size=(size, size), mode="bilinear", align_corners=False)
+    return seen
+
+
 def _bench_one(name: str, dataset: str, repeats: int, queue) -> None:
     """Runs in a child process: fit and predict one method on one data set, put a dict on ``queue``."""
     try:
         from .lessons.leaderboard import METHODS, bench_data
+        from .lessons.leaderboard import family as spec_family
 
         os.environ["AD_NO_CACHE"] = "1"  # time real training, never a checkpoint load
         seed_everything(0)
@@ -68,16 +84,17 @@ def _bench_one(name: str, dataset: str, repeats: int, queue) -> None:
             infer_s = _median_seconds(predict_all, repeats)
         row = {"method": name, "dataset": dataset, "fit_seconds": round(fit_s, 3),
                "images_per_second": round(len(images) / infer_s, 2),
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "threads": torch.get_num_threads()}
         if torch.cuda.is_available():
             row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if spec.uses_backbone:
             from .backbones import FeatureExtractor
 
             device = get_device()
-            backbone = FeatureExtractor(spec.backbone_blocks).to(device)
-            # the backbone on the images the method's backbone sees (Resized methods upsample them first)
-            seen = detector._resize(images) if hasattr(detector, "_resize") else images
+            blocks = spec.settings(spec_family(dataset)).get("blocks") or spec.backbone_blocks  # as the method uses
+            backbone = FeatureExtractor(tuple(blocks)).to(device)
+            seen = backbone_input(detector, images)
 
             def backbone_all():
                 return [backbone(seen[i:i + 32].to(device)) for i in range(0, len(seen), 32)]
@@ -182,7 +199,10 @@ def coreset_table(rows: list[dict]) -> str:
 
 
 def bench_table(payload: dict) -> str:
-    """results/bench.json as the README's markdown table."""
+    """results/bench.json as the README's markdown table (a row timed with another thread count than the run's
+    says so beside its data set)."""
+    found = re.search(r"(\d+) threads?", payload.get("device", ""))
+    payload_threads = int(found.group(1)) if found else None
     lines = [f"Profile `{payload['profile']}`, {payload['device']}, median of {payload['repeats']} runs.", "",
              "| method | data | fit s | images / s | peak RSS MB | inference / backbone |", "|---|---|---|---|---|---|"]
     for r in payload["rows"]:
@@ -190,7 +210,10 @@ def bench_table(payload: dict) -> str:
             lines.append(f"| {r['method']} | {r['dataset']} | error: {r['error']} | | | |")
             continue
         ratio = r.get("inference_over_backbone")
-        lines.append(f"| {r['method']} | {r['dataset']} | {r['fit_seconds']:.2f} | {r['images_per_second']:.0f} | "
+        threads = r.get("threads")
+        data = r["dataset"] + (f" ({threads} thread{'s' if threads != 1 else ''})"
+                               if threads and threads != payload_threads else "")
+        lines.append(f"| {r['method']} | {data} | {r['fit_seconds']:.2f} | {r['images_per_second']:.0f} | "
                      f"{r['peak_rss_mb']:.0f} | {'–' if ratio is None else f'{ratio:.2f}'} |")
     if payload.get("coreset_rows"):
         lines += ["", "PatchCore's greedy coreset (float32, projection 128), reference loop vs lazy updates "
@@ -219,7 +242,8 @@ def main(argv=None) -> int:
     ctx = mp.get_context("spawn")
     out = REPO_ROOT / "results" / "bench.json"
     out.parent.mkdir(exist_ok=True)
-    threads = "" if get_device().type == "cuda" else f", {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    threads = "" if get_device().type == "cuda" else f", {n} thread{'s' if n != 1 else ''}"
     payload = {"profile": get_profile(), "repeats": args.repeats, "statistic": "median",
                "device": machine_description() + threads, "torch": torch.__version__, "rows": []}
     if args.methods and out.exists():  # re-benchmark some methods: keep the other rows of the last run
@@ -234,6 +258,12 @@ def main(argv=None) -> int:
         previous = json.loads(out.read_text())
         if previous.get("profile") == payload["profile"] and args.only == "methods":
             payload["coreset_rows"] = previous.get("coreset_rows", [])
+    if out.exists():  # kept rows: their thread count is the one their run recorded
+        previous = json.loads(out.read_text())
+        found = re.search(r"(\d+) threads?", previous.get("device", ""))
+        for r in payload["rows"]:
+            if found and "threads" not in r:
+                r["threads"] = int(found.group(1))
     rows = payload["rows"]
     if args.only == "coreset":
         names = []
@@ -246,7 +276,7 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(payload, indent=1) + "\n")
     for name in names:
         for dataset in BENCH_DATASETS:
-            if dataset.split("/")[0] not in METHODS[name].data:
+            if dataset.split("/")[0] not in METHODS[name].families:
                 continue
             row = _bench_in_fresh_process(ctx, name, dataset, args.repeats)
             rows.append(row)

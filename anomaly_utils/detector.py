@@ -244,3 +244,17 @@ def predict_batched(detector, images: torch.Tensor, batch_size: int = 32):
         if m is not None:
             maps.append(torch.as_tensor(m).detach().cpu())
     return torch.cat(scores), (torch.cat(maps) if maps else None)
+
+
+def ms_per_image(fn, images: torch.Tensor, batch_size: int = 16, repeats: int = 2) -> float:
+    """Milliseconds per image of ``fn(batch)`` over ``images`` in batches: the best of ``repeats`` passes after a
+    warm-up pass on the first batch (no gradients)."""
+    with torch.no_grad():
+        fn(images[:batch_size])  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i in range(0, len(images), batch_size):
+                fn(images[i:i + batch_size])
+            best = min(best, time.perf_counter() - start)
+    return 1000 * best / len(images)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .profiles import REPO_ROOT, get_device, get_profile
+from .profiles import REPO_ROOT, capped, get_device, get_profile
 
 RESULTS_DIR = REPO_ROOT / "results"
 README = REPO_ROOT / "README.md"
@@ -152,8 +152,9 @@ def save_result(lesson: str, rows: list[dict], notes: str = "", runtime_seconds:
     if runtime_seconds is not None:
         runtime_seconds = to_json(runtime_seconds, "runtime_seconds")
     profile = get_profile()
-    if profile == "smoke" and not force:
-        print(f"smoke profile: results/{lesson}.json left as it is ({len(rows)} rows computed).")
+    if (profile == "smoke" or capped()) and not force:
+        why = "smoke profile" if profile == "smoke" else f"AD_CAP=1 (the {profile} profile with capped counts)"
+        print(f"{why}: results/{lesson}.json left as it is ({len(rows)} rows computed).")
         return None
     out_dir = Path(results_dir) if results_dir else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,12 +190,15 @@ def _fmt(v) -> str:
 
 
 def results_table(results_dir: Path | None = None, mean_over_classes: bool = True) -> str:
-    """A markdown table of every row of every lesson (one-vs-rest classes averaged into one row)."""
+    """A markdown table of every row of every lesson (one-vs-rest classes averaged into one row; the rows of
+    several seeds of a method on a data set averaged into one)."""
     lines = ["| lesson | method | data | image AUROC | pixel AUROC | AUPRO | fit s | ms / image | profile |",
              "|---|---|---|---|---|---|---|---|---|"]
     for res in load_results(results_dir):
         groups: dict[tuple, list] = {}
         for row in res["rows"]:
+            if row.get("summary"):  # the leaderboard's means with intervals: summary_table shows them
+                continue
             ds = row["dataset"]
             family, _, which = ds.rpartition("/")
             if mean_over_classes and which.isdigit():  # one-vs-rest rows: "mnist/3", "mnist-inverted/3"
@@ -221,8 +225,61 @@ def _family(dataset: str) -> str:
     return "real" if head in REAL_FAMILIES else head
 
 
+SUMMARY_COLUMNS = (("real", "image_auroc", "image AUROC"), ("real", "aupro", "AUPRO"),
+                   ("elpv", "image_auroc", "image AUROC"), ("elpv-uncertain", "image_auroc", "doubtful cells"),
+                   ("textures", "image_auroc", "image AUROC"), ("textures", "aupro", "AUPRO"),
+                   ("mnist", "image_auroc", "image AUROC"))
+
+
+def _interval(row: dict, key: str) -> str:
+    """``0.93 [0.90, 0.95]``: a summary row's mean of ``key`` and its interval (``–`` where it has none)."""
+    if row is None or row.get(key) is None:
+        return "–"
+    ci = row.get(f"{key}_ci")
+    return f"{row[key]:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def interval_summary_table(board: dict) -> str:
+    """The README's table from the leaderboard's summary rows (``"summary": family``; see lesson 10).
+
+    One row per method: the mean over the family's categories (and seeds) with its 95 % bootstrap interval, for
+    the real images with masks (PIPED, or the ``AD_DATA`` source), ELPV (and its doubtful cells), the textures and
+    mnist; fit seconds and ms per image averaged over every summary row. Sorted by real-data AUPRO, then by the
+    ELPV image AUROC, then in lesson order.
+    """
+    rows = [r for r in board["rows"] if r.get("summary")]
+    real_name = next((r["dataset"].split(" ")[0] for r in rows if r["summary"] == "real"), "piped")
+    label = {"piped": "PIPED", "mvtec": "MVTec AD", "visa": "VisA"}.get(real_name, real_name)
+    names = {"real": label, "elpv": "ELPV", "elpv-uncertain": "ELPV", "textures": "textures", "mnist": "mnist"}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["method"], r["summary"]): r for r in rows}
+
+    def mean(method, key):
+        vals = [r.get(key) for r in rows if r["method"] == method and r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    def order(method):
+        real, elpv = by.get((method, "real")), by.get((method, "elpv"))
+        return (-(real or {}).get("aupro", -1) if real and real.get("aupro") is not None else 1,
+                -(elpv or {}).get("image_auroc", -1) if elpv else 1, methods.index(method))
+
+    head = " | ".join(f"{names[f]} {h}" for f, _, h in SUMMARY_COLUMNS)
+    lines = [f"Means over the categories (and, where the profile runs several, the seeds of the methods that train: in "
+             f"`cpu` on mnist only) with 95 % bootstrap intervals; "
+             f"`{board.get('profile')}` profile, {board.get('device', '')}.", "",
+             f"| lesson | method | {head} | fit s | ms / image |", "|---|---|" + "---|" * (len(SUMMARY_COLUMNS) + 2)]
+    for m in sorted(methods, key=order):
+        lesson = next(r.get("lesson", "") for r in rows if r["method"] == m)
+        fit, ms = mean(m, "train_seconds"), mean(m, "infer_ms_per_image")
+        lines.append(f"| {lesson} | {m} | " + " | ".join(_interval(by.get((m, f)), k) for f, k, _ in SUMMARY_COLUMNS)
+                     + f" | {'–' if fit is None else f'{fit:.1f}'} | {'–' if ms is None else f'{ms:.1f}'} |")
+    return "\n".join(lines)
+
+
 def summary_table(results_dir: Path | None = None) -> str:
     """The README's compact table: one row per method, PIPED first, then textures, then mnist.
+
+    When the leaderboard's JSON holds summary rows (means with intervals), :func:`interval_summary_table`.
 
     Columns: mean image AUROC, pixel AUROC and AUPRO over the real-data types (PIPED, or MVTec AD when the
     leaderboard ran with ``AD_DATA=mvtec``; the header names it), then the same over the texture categories,
@@ -232,6 +289,8 @@ def summary_table(results_dir: Path | None = None) -> str:
     """
     results = load_results(results_dir)
     board = [r for r in results if r["lesson"] == "10_leaderboard"]
+    if board and any(r.get("summary") for r in board[0]["rows"]):
+        return interval_summary_table(board[0])
     results = board or results
     real_name = next((row["dataset"].split("/")[0] for res in results for row in res["rows"]
                       if _family(row["dataset"]) == "real"), "piped")

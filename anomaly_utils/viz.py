@@ -112,6 +112,32 @@ def show_heatmaps(images, anomaly_maps, masks=None, titles=None, n: int | None =
     return fig
 
 
+def show_maps(images, anomaly_maps, masks=None, titles=None, vmax=None, vmin=None, label: str = "anomaly score"):
+    """Three rows per column: the image plain, with its mask outline (red), and under its heatmap (``overlay``).
+
+    One colour scale for all heatmaps (from the lowest value to the 99.9 % quantile of the maps shown, or
+    ``vmin`` / ``vmax``), with a colour bar. Lessons 07 and 08 draw their galleries with it.
+    """
+    images, maps, masks = _np(images), _np(anomaly_maps), _np(masks)
+    n = len(images)
+    vmax = float(np.quantile(maps, 0.999)) if vmax is None else vmax
+    vmin = float(maps.min()) if vmin is None else vmin
+    fig, axes = plt.subplots(3, n, figsize=(1.8 * n + 0.8, 5.6), squeeze=False)
+    for k in range(n):
+        _show(axes[0, k], images[k])
+        _show(axes[1, k], images[k])
+        mappable = overlay(axes[2, k], images[k], maps[k], vmin, vmax)
+        if masks is not None and masks[k].any():
+            for row in (1, 2):
+                axes[row, k].contour(masks[k], levels=[0.5], colors="red" if row == 1 else "cyan", linewidths=0.8)
+        if titles is not None:
+            axes[0, k].set_title(str(titles[k]), fontsize=7)
+    axes[0, 0].set_ylabel("input", fontsize=8), axes[1, 0].set_ylabel("with mask", fontsize=8)
+    axes[2, 0].set_ylabel("anomaly map", fontsize=8)
+    fig.colorbar(mappable, ax=axes[2, :].tolist(), shrink=0.8, pad=0.01).set_label(label, fontsize=7)
+    return fig
+
+
 def plot_roc(curves: dict, ax=None, title: str = "ROC"):
     """ROC curves of several methods: ``{name: (labels, scores)}``; AUROC in the legend."""
     if ax is None:

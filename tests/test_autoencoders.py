@@ -12,7 +12,7 @@ from anomaly_utils.lessons.autoencoders import (
     box_blur,
     elbo_terms,
     gaussian_window,
-    piped_config,
+    real_config,
     ssim,
     ssim_loss,
     ssim_map,
@@ -161,12 +161,125 @@ def test_ssim_map_on_rgb_is_per_channel():
 def test_configs_are_the_ones_lessons_06_and_10_rebuild(monkeypatch):
     # lesson 10 hard-codes the texture autoencoders' cpu configuration: the cache keys must match
     monkeypatch.setenv("AD_PROFILE", "cpu")
+    monkeypatch.delenv("AD_DATA", raising=False)
     cfg = texture_config()
     assert {k: cfg[k] for k in ("size", "epochs", "width", "latent_dim", "window_size", "batch_size", "lr",
                                 "vae_sigma", "score_blur")} == dict(size=64, epochs=40, width=16, latent_dim=64,
                                                                      window_size=7, batch_size=32, lr=1e-3,
                                                                      vae_sigma=0.1, score_blur=5)
-    p = piped_config()
-    assert p["size"] == 64 and len(p["categories"]) == 3
+    p = real_config()
+    assert p["size"] == 64 and p["categories"] == ("PA_BDP01_TL", "PA_FVN01_TL", "PA_GLA01_TL")
     monkeypatch.setenv("AD_PROFILE", "smoke")
     assert texture_config()["epochs"] == 1
+
+
+# ---- the cache key describes the training images exactly ------------------------------------------------------------
+
+def _tiny(loss="l2", **kw):
+    return ReconstructionDetector(loss, latent_dim=4, width=4, epochs=1, batch_size=8, window_size=3,
+                                  progress=False, **kw)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    from anomaly_utils import profiles
+
+    monkeypatch.setattr(profiles, "CACHE_DIR", tmp_path)
+    monkeypatch.delenv("AD_NO_CACHE", raising=False)
+    return tmp_path
+
+
+def test_mirrored_or_reordered_training_set_is_not_served_the_old_weights(cache_dir):
+    images = _images(8, 16, 0)
+    train = AnomalyDataset(images, torch.zeros(8), name="t")
+    assert not _tiny().fit(train).from_cache
+    assert _tiny().fit(train).from_cache  # the same images: the cached weights
+    # the old key (name, count, shape, pixel sum rounded to 3 decimals) was the same for these two
+    for other in (images.flip(-1), images[torch.arange(7, -1, -1)]):
+        assert not _tiny().fit(AnomalyDataset(other, torch.zeros(8), name="t")).from_cache
+
+
+def test_config_key_uses_the_exact_data_fingerprint():
+    from anomaly_utils.profiles import config_key
+
+    images = _images(8, 16, 0)
+    det = _tiny()
+    keys = {config_key(det.config(x)) for x in (images, images.flip(-1), images[torch.arange(7, -1, -1)])}
+    assert len(keys) == 3
+    assert config_key(det.config(images)) == config_key(_tiny().config(images.clone()))
+
+
+def test_use_cache_false_neither_reads_nor_writes_the_cache(cache_dir):
+    train = AnomalyDataset(_images(8, 16, 0), torch.zeros(8))
+    det = _tiny(use_cache=False).fit(train)
+    assert det.from_cache is False and not list(cache_dir.glob("*.pt"))
+
+
+def test_a_subclass_with_another_loss_does_not_load_the_base_weights(cache_dir):
+    class Other(ReconstructionDetector):
+        def training_loss(self, x):
+            return {"loss": (x - self.model(x)).abs().mean()}
+
+    train = AnomalyDataset(_images(8, 16, 0), torch.zeros(8))
+    _tiny().fit(train)
+    other = Other("l2", latent_dim=4, width=4, epochs=1, batch_size=8, window_size=3, progress=False).fit(train)
+    assert not other.from_cache
+
+
+# ---- hardening: clear errors for bad arguments and bad input --------------------------------------------------------
+
+@pytest.mark.parametrize("kw, name", [(dict(latent_dim=0), "latent_dim"), (dict(width=-1), "width"),
+                                      (dict(epochs=0), "epochs"), (dict(batch_size=0), "batch_size"),
+                                      (dict(lr=0.0), "lr"), (dict(lr=-1e-3), "lr"), (dict(window_size=4), "window_size"),
+                                      (dict(window_size=1), "window_size"), (dict(vae_sigma=0.0), "vae_sigma"),
+                                      (dict(score_blur=0), "score_blur"), (dict(epochs=2.5), "epochs"),
+                                      (dict(loss="l1"), "loss")])
+def test_bad_arguments_are_refused_at_construction(kw, name):
+    with pytest.raises(ValueError, match=name):
+        ReconstructionDetector(**kw)
+
+
+def test_predict_and_reconstruct_before_fit_say_what_to_do():
+    det = _tiny(use_cache=False)
+    with pytest.raises(RuntimeError, match="fit"):
+        det.predict(_images(2, 16))
+    with pytest.raises(RuntimeError, match="fit"):
+        det.reconstruct(_images(2, 16))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return ReconstructionDetector("l2", latent_dim=4, width=4, epochs=1, batch_size=8, use_cache=False,
+                                  progress=False).fit(AnomalyDataset(_images(8, 16, 0), torch.zeros(8)))
+
+
+def test_predict_with_other_channels_is_a_clear_error(fitted):
+    with pytest.raises(ValueError, match="channels"):
+        fitted.predict(_images(2, 16).expand(-1, 3, -1, -1))
+
+
+def test_predict_with_another_size_is_a_clear_error(fitted):
+    with pytest.raises(ValueError, match="16 x 16"):
+        fitted.predict(_images(2, 32))
+
+
+def test_predict_on_one_unbatched_image_is_a_clear_error(fitted):
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        fitted.predict(_images(1, 16)[0])
+
+
+def test_fit_on_non_square_or_odd_sized_images_is_a_clear_error():
+    with pytest.raises(ValueError, match="square"):
+        _tiny(use_cache=False).fit(AnomalyDataset(torch.rand(4, 1, 16, 32), torch.zeros(4)))
+    with pytest.raises(ValueError, match="resize"):
+        _tiny(use_cache=False).fit(AnomalyDataset(torch.rand(4, 1, 24, 24), torch.zeros(4)))
+
+
+def test_real_config_follows_ad_data(monkeypatch, tmp_path):
+    # the real-image section goes through anomaly_utils.sources: AD_DATA=mvtec takes the MVTec AD folders present
+    for category in ("carpet", "bottle"):
+        (tmp_path / category / "train" / "good").mkdir(parents=True)
+    monkeypatch.setenv("AD_DATA", "mvtec")
+    monkeypatch.setenv("AD_MVTEC_ROOT", str(tmp_path))
+    monkeypatch.setenv("AD_PROFILE", "cpu")
+    assert real_config()["categories"] == ("bottle", "carpet")

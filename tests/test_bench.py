@@ -48,3 +48,19 @@ def test_coreset_row_times_reference_and_fast_on_the_same_data():
     assert rows[0]["same_picks_as_reference"] == 1.0 and rows[1]["same_picks_as_reference"] >= 0.9
     assert table[2].startswith("| reference | textures/brick@64px x4 | 256 -> 26 | 100.0% |")
     assert table[3].startswith("| fast |")
+
+
+def test_backbone_sees_what_the_wrapped_detector_sees():
+    import torch
+
+    from anomaly_utils.lessons.leaderboard import AtSize
+
+    class Inner:
+        image_size = None
+
+    images = torch.rand(2, 1, 64, 64)
+    assert bench.backbone_input(AtSize(Inner(), 128, 1), images).shape == (2, 1, 128, 128)  # STFPM, RD: 128 px
+    inner = Inner()
+    inner.image_size = 96  # a memory bank that resizes inside
+    assert bench.backbone_input(AtSize(inner, None, 3), images).shape == (2, 3, 96, 96)
+    assert bench.backbone_input(object(), images) is images

@@ -127,17 +127,21 @@ def test_cfa_on_mvtec_layout(tmp_path):
     from anomaly_utils.loaders import load_mvtec
 
     train, test = load_mvtec(write_mvtec_fixture(tmp_path), "tile", size=32)
-    det = CFA(embedding=PatchEmbedding(), epochs=6, batch_size=2).fit(train)
-    assert det.memory_bank.shape == (16, 152)  # T = 4 x 4 patches at stride 8
+    det = CFA(embedding=PatchEmbedding(), epochs=6, batch_size=2).fit(train)  # ours: coreset of 4 T, identity phi
+    assert det.memory_bank.shape == (64, 152)  # T = 4 x 4 patches at stride 8; M = T / gamma_c = 16 / 0.25
     att = det.history["L_att"]  # noisy on 4 images in batches of 2: compare the last three epochs with the first
     assert len(att) == 6 and sum(att[-3:]) / 3 < att[0]
-    assert min(det.history["rep_active"]) > 0  # r = "auto", learned: the repulsion acts
-    assert det.radius.requires_grad and det.history["r"][-1] != det.radius.new_tensor(0)
-    paper = CFA(embedding=PatchEmbedding(), epochs=2, batch_size=2, r=1e-5, learn_r=False, bank="ema").fit(train)
-    assert paper.history["L_rep"] == [0.0, 0.0] and paper.history["rep_active"] == [0.0, 0.0]
     score, amap = det.predict(test.images)
     assert score.shape == (len(test),) and amap.shape == (len(test), 32, 32)
     assert score[test.labels == 1].mean() > score[test.labels == 0].mean()
+    old = CFA(embedding=PatchEmbedding(), epochs=6, batch_size=2, bank="location_mean", init="random", r="auto",
+              score_k=3).fit(train)  # the lesson's earlier recipe
+    assert old.memory_bank.shape == (16, 152)
+    assert min(old.history["rep_active"]) > 0  # r = "auto", learned: the repulsion acts
+    assert old.radius.requires_grad and old.history["r"][-1] != old.radius.new_tensor(0)
+    paper = CFA(embedding=PatchEmbedding(), epochs=2, batch_size=2, r=1e-5, learn_r=False, bank="ema", gamma_c=1,
+                init="random").fit(train)
+    assert paper.history["L_rep"] == [0.0, 0.0] and paper.history["rep_active"] == [0.0, 0.0]
 
 
 def test_location_mean_bank_by_hand():

@@ -113,3 +113,119 @@ def test_step_by_hand_weighted_unweighted_and_inpainting():
     # the step is clipped to [0, 1]: 0.5 - 10 * 1.6 < 0
     assert torch.equal(GradientProjection(ae, lam=1.0, alpha=10.0, weighted=False).step(x_t, x_0),
                        torch.zeros_like(x_t))
+
+
+# ---- the VAE's energy is its loss, the negative ELBO (Dehaene et al., 2020) -----------------------------------------
+
+class _ConstantVAE:
+    """A stand-in VAE: f(x) = c, mu(x) = the sum of x's pixels (one code dimension), log sigma^2 = 0."""
+
+    device = torch.device("cpu")
+    loss = "vae"
+
+    def __init__(self, c, sigma):
+        self.c, self.vae_sigma = c, sigma
+
+    def model(self, x):
+        mu = x.flatten(1).sum(1)[:, None, None, None]
+        return torch.full_like(x, self.c), mu, torch.zeros_like(mu)
+
+    def reconstruction_loss(self, x):
+        x_hat = torch.full_like(x, self.c)
+        return (x - x_hat).pow(2).flatten(1).sum(1) / (2 * self.vae_sigma ** 2), x_hat
+
+
+def test_vae_energy_by_hand():
+    # x_t = 0.5 and x_0 = 0.4 on a 2 x 2 image, f = 0.2, sigma_x = 0.5, lambda = 1:
+    # L_r = 4 * 0.3^2 / (2 * 0.25) = 0.72; mu = 4 * 0.5 = 2, log sigma^2 = 0, so KL = mu^2 / 2 = 2.0;
+    # the anchor: 4 * 0.1 = 0.4. E = 0.72 + 2.0 + 0.4 = 3.12 (-ELBO), 1.12 with L_r alone
+    x_t, x_0 = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), 0.4)
+    vae = _ConstantVAE(0.2, 0.5)
+    e, x_hat = GradientProjection(vae, lam=1.0).energy(x_t, x_0)
+    assert torch.allclose(e, torch.tensor([3.12])) and torch.allclose(x_hat, torch.full_like(x_t, 0.2))
+    e, _ = GradientProjection(vae, lam=1.0, elbo=False).energy(x_t, x_0)
+    assert torch.allclose(e, torch.tensor([1.12]))
+
+
+def test_vae_step_by_hand():
+    # dL_r/dx = (x - f) / sigma^2 = 0.3 / 0.25 = 1.2; dKL/dx = mu * dmu/dx = 2 * 1 = 2; d(anchor)/dx = 1:
+    # weighted step with alpha = 1: 0.5 - (1.2 + 2 + 1) * 0.09 = 0.122; without KL: 0.5 - 2.2 * 0.09 = 0.302
+    x_t, x_0 = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), 0.4)
+    vae = _ConstantVAE(0.2, 0.5)
+    assert torch.allclose(GradientProjection(vae, lam=1.0, alpha=1.0).step(x_t, x_0), torch.full_like(x_t, 0.122))
+    assert torch.allclose(GradientProjection(vae, lam=1.0, alpha=1.0, elbo=False).step(x_t, x_0),
+                          torch.full_like(x_t, 0.302))
+
+
+def test_vae_energy_of_the_real_detector_is_the_negative_elbo():
+    from anomaly_utils.lessons.autoencoders import elbo_terms
+
+    train = AnomalyDataset(_images(16), torch.zeros(16))
+    vae = ReconstructionDetector("vae", latent_dim=4, width=8, epochs=1, batch_size=8, use_cache=False,
+                                 progress=False).fit(train)
+    x = _images(2, seed=5)
+    e, _ = GradientProjection(vae, lam=0.0).energy(x, x)
+    with torch.no_grad():
+        x_hat, mu, logvar = vae.model(x)
+        rec, kl = elbo_terms(x, x_hat, mu, logvar, vae.vae_sigma)
+    assert torch.allclose(e, rec + kl) and (kl > 0).all()
+    assert torch.allclose(GradientProjection(vae, lam=0.0, elbo=False).energy(x, x)[0], rec)
+
+
+# ---- hardening ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, name", [(dict(alpha=0.0), "alpha"), (dict(alpha=-1.0), "alpha"), (dict(lam=-0.1), "lam"),
+                                      (dict(n_steps=-1), "n_steps"), (dict(n_steps=2.5), "n_steps"),
+                                      (dict(alpha=float("nan")), "alpha")])
+def test_bad_projection_arguments_are_refused(ae, kw, name):
+    with pytest.raises(ValueError, match=name):
+        GradientProjection(ae, **kw)
+    with pytest.raises(ValueError, match=name):
+        GradientProjectionDetector(ae, **kw)
+
+
+def test_detector_needs_an_autoencoder():
+    with pytest.raises(TypeError, match="ReconstructionDetector"):
+        GradientProjectionDetector("l2")
+
+
+def test_predict_before_fit_is_a_clear_error():
+    unfitted = ReconstructionDetector("l2", latent_dim=8, width=8, epochs=1, use_cache=False, progress=False)
+    det = GradientProjectionDetector(unfitted)
+    with pytest.raises(RuntimeError, match="fit"):
+        det.predict(_images(2))
+    with pytest.raises(RuntimeError, match="fit"):
+        GradientProjection(unfitted).project(_images(2))
+    with pytest.raises(ValueError, match="fit\\(train\\)"):
+        det.fit(None)
+
+
+def test_fit_trains_an_unfitted_autoencoder():
+    train = AnomalyDataset(_images(16), torch.zeros(16))
+    unfitted = ReconstructionDetector("l2", latent_dim=4, width=4, epochs=1, batch_size=8, use_cache=False,
+                                      progress=False)
+    det = GradientProjectionDetector(unfitted, n_steps=2).fit(train)
+    assert unfitted.model is not None
+    scores, maps = det.predict(_images(2, seed=6))
+    assert scores.shape == (2,) and maps.shape == (2, 32, 32)
+
+
+def test_fit_refuses_an_autoencoder_trained_on_other_images(ae):
+    other = AnomalyDataset(_images(32).flip(-1), torch.zeros(32), name="mirrored")
+    with pytest.raises(ValueError, match="other images"):
+        GradientProjectionDetector(ae).fit(other)
+    same = AnomalyDataset(_images(32), torch.zeros(32))
+    assert GradientProjectionDetector(ae).fit(same).fit_input_shape == (1, 32, 32)
+
+
+def test_predict_with_other_channels_or_size_is_a_clear_error(ae):
+    det = GradientProjectionDetector(ae, n_steps=1).fit()
+    with pytest.raises(ValueError, match="channels"):
+        det.predict(_images(2).expand(-1, 3, -1, -1))
+    with pytest.raises(ValueError, match="32 x 32"):
+        det.predict(_images(2, size=64))
+
+
+def test_inpainting_mask_of_the_wrong_shape_is_a_clear_error(ae):
+    with pytest.raises(ValueError, match="omega"):
+        GradientProjection(ae, n_steps=1).project(_images(2), omega=torch.ones(2, 32, 32))

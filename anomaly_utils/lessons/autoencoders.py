@@ -6,6 +6,7 @@ Edit the notebook's `#@save` cells instead, then run `make export`.
 
 from anomaly_utils import pick
 from anomaly_utils.data import TEXTURE_CATEGORIES
+from anomaly_utils.sources import real_categories
 
 
 def texture_config() -> dict:
@@ -22,17 +23,27 @@ def texture_config() -> dict:
     return cfg
 
 
-def piped_config() -> dict:
-    """Lesson 05's autoencoders on PIPED (RGB paper patches resized to ``size``) in the active profile."""
+PIPED_TYPES = ("PA_BDP01_TL", "PA_FVN01_TL", "PA_GLA01_TL")  # three paper types of different difficulty
+
+
+def real_config() -> dict:
+    """Lesson 05's autoencoders on the real images of ``AD_DATA`` (PIPED: RGB paper patches resized to ``size``)."""
     cfg = pick(
-        smoke=dict(size=32, epochs=2, width=8, latent_dim=16, window_size=7, categories=("PA_BDP01_TL",)),
-        cpu=dict(size=64, epochs=150, width=16, latent_dim=64, window_size=7,
-                 categories=("PA_BDP01_TL", "PA_FVN01_TL", "PA_GLA01_TL")),
-        gpu=dict(size=128, epochs=1000, width=32, latent_dim=100, window_size=11,
-                 categories=("PA_BDP01_TL", "PA_FVN01_TL", "PA_GLA01_TL")),
+        smoke=dict(size=32, epochs=2, width=8, latent_dim=16, window_size=7, n_categories=1),
+        cpu=dict(size=64, epochs=150, width=16, latent_dim=64, window_size=7, n_categories=3),
+        gpu=dict(size=128, epochs=1000, width=32, latent_dim=100, window_size=11, n_categories=3),
     )
     cfg.update(batch_size=16, lr=1e-3, vae_sigma=0.1, score_blur=5)
+    available = real_categories()  # PIPED's types, or the MVTec AD categories present
+    chosen = [c for c in PIPED_TYPES if c in available] or available
+    cfg["categories"] = tuple(chosen[:cfg.pop("n_categories")])
     return cfg
+
+
+def detector_kwargs(cfg: dict) -> dict:
+    """The ``ReconstructionDetector`` arguments of a configuration (what this lesson records as its settings)."""
+    return {k: cfg[k] for k in ("latent_dim", "width", "epochs", "batch_size", "lr", "window_size", "vae_sigma",
+                                "score_blur")}
 
 
 import torch
@@ -110,8 +121,9 @@ class ConvAutoencoder(nn.Module):
                  variational: bool = False):
         super().__init__()
         n_down = (image_size // 4).bit_length() - 1  # number of halvings from S to 4
-        if 4 * 2 ** n_down != image_size:
-            raise ValueError(f"image_size must be 4 * 2^k (32, 64, 128, ...), got {image_size}.")
+        if image_size < 8 or 4 * 2 ** n_down != image_size:
+            raise ValueError(f"image_size must be 4 * 2^k with k >= 1 (8, 16, 32, 64, 128, ...), got {image_size}: "
+                             "resize the images (e.g. load them with size=64).")
         widths = [min(width * 2 ** i, 256) for i in range(n_down)]
         enc, c = [], channels
         for w in widths:
@@ -162,18 +174,12 @@ def elbo_terms(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: t
     return rec, kl
 
 
-import time
+from anomaly_utils import argcheck
+from anomaly_utils.autoencoding import add_to_class, train_epochs
+from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.profiles import data_fingerprint, load_or_train, seed_everything
 
-from tqdm.auto import tqdm
-
-from anomaly_utils.profiles import load_or_train, seed_everything
-
-
-def box_blur(maps: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean over k x k windows, same size: [N, H, W] -> [N, H, W] (k = 1 returns the maps)."""
-    if k <= 1:
-        return maps
-    return F.avg_pool2d(F.pad(maps[:, None], (k // 2, (k - 1) // 2) * 2, mode="replicate"), k, 1)[:, 0]
+NAMES = {"l2": "L2-AE", "ssim": "SSIM-AE", "vae": "VAE"}  # the loss -> the method's name
 
 
 class ReconstructionDetector:
@@ -182,27 +188,28 @@ class ReconstructionDetector:
     ``loss="l2"``: L2-AE, trained on ||x - f(x)||^2, anomaly map (x - f(x))^2.
     ``loss="ssim"``: SSIM-AE (Bergmann et al., 2018), trained on 1 - SSIM(x, f(x)), map 1 - SSIM map.
     ``loss="vae"``: VAE trained on the negative ELBO L_r + KL; map (x - f(x))^2 with z = mu.
-    ``pred_score`` = the maximum of the anomaly map after a ``score_blur`` x ``score_blur`` box blur.
-    Training goes through ``load_or_train``: the same config on the same data loads the cached weights.
     """
 
     def __init__(self, loss: str = "l2", latent_dim: int = 64, width: int = 32, epochs: int = 30,
                  batch_size: int = 32, lr: float = 1e-3, window_size: int = 11, vae_sigma: float = 0.1,
                  score_blur: int = 5, seed: int = 0, device="cpu", use_cache: bool = True, progress: bool = True):
-        if loss not in ("l2", "ssim", "vae"):
-            raise ValueError(f"loss must be 'l2', 'ssim' or 'vae', got {loss!r}.")
-        self.loss, self.latent_dim, self.width, self.epochs = loss, latent_dim, width, epochs
-        self.batch_size, self.lr, self.window_size, self.vae_sigma = batch_size, lr, window_size, vae_sigma
-        self.score_blur, self.seed, self.device = score_blur, seed, torch.device(device)
-        self.use_cache, self.progress = use_cache, progress
+        self.loss = argcheck.choice("loss", loss, tuple(NAMES))
+        self.latent_dim, self.width = argcheck.whole("latent_dim", latent_dim), argcheck.whole("width", width)
+        self.epochs, self.batch_size = argcheck.whole("epochs", epochs), argcheck.whole("batch_size", batch_size)
+        self.lr = argcheck.real("lr", lr, low=0, low_open=True, why="Adam's learning rate")
+        self.window_size = argcheck.whole("window_size", window_size, minimum=3)
+        if window_size % 2 == 0:
+            raise ValueError(f"window_size must be odd (a window centred on its pixel), got {window_size}.")
+        self.vae_sigma = argcheck.real("vae_sigma", vae_sigma, low=0, low_open=True, why="the decoder's sigma_x")
+        self.score_blur, self.seed = argcheck.whole("score_blur", score_blur), seed
+        self.device, self.use_cache, self.progress = torch.device(device), use_cache, progress
         self.model, self.history, self.from_cache, self.train_seconds = None, None, None, None
 
-    def config(self, train) -> dict:
-        """Everything the trained weights depend on (the cache key), including a fingerprint of the data."""
-        return dict(loss=self.loss, latent_dim=self.latent_dim, width=self.width, epochs=self.epochs,
-                    batch_size=self.batch_size, lr=self.lr, window_size=self.window_size,
-                    vae_sigma=self.vae_sigma, seed=self.seed, data=train.name, n=len(train),
-                    shape=list(train.images.shape[1:]), checksum=round(float(train.images.double().sum()), 3))
+    def config(self, images: torch.Tensor) -> dict:
+        """Everything the trained weights depend on (the cache key), with the exact fingerprint of the images."""
+        return dict(detector=type(self).__name__, loss=self.loss, latent_dim=self.latent_dim, width=self.width,
+                    epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, window_size=self.window_size,
+                    vae_sigma=self.vae_sigma, seed=self.seed, data=data_fingerprint(images))
 
     def training_loss(self, x: torch.Tensor) -> dict:
         """The loss to minimise on a batch x [B, C, H, W] (and its parts, for the curves)."""
@@ -215,76 +222,84 @@ class ReconstructionDetector:
             return {"loss": ssim_loss(x, x_hat, window_size=self.window_size)}
         return {"loss": (x - x_hat).pow(2).flatten(1).sum(1).mean()}
 
-    def _train(self, model) -> dict:
-        seed_everything(self.seed)
-        start = time.perf_counter()
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
-        history = {}
-        model.train()
-        for _ in tqdm(range(self.epochs), desc=f"{self.loss}-AE" if self.loss != "vae" else "VAE",
-                      disable=not self.progress, leave=False):
-            sums, n = {}, 0
-            for batch in torch.randperm(len(self._train_images)).split(self.batch_size):
-                x = self._train_images[batch].to(self.device)
-                parts = self.training_loss(x)
-                opt.zero_grad()
-                parts["loss"].backward()
-                opt.step()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(batch)
-                n += len(batch)
-            for k, v in sums.items():
-                history.setdefault(k, []).append(v / n)
-        history["seconds"] = time.perf_counter() - start  # kept in the cache with the weights
-        return history
 
-    def fit(self, train) -> "ReconstructionDetector":
-        """Train on the normal images of ``train`` (or load the cached weights of the same config)."""
-        seed_everything(self.seed)
-        _, c, h, w = train.images.shape
-        self.model = ConvAutoencoder(c, h, self.latent_dim, self.width, variational=self.loss == "vae")
-        self.model.to(self.device)
-        self._train_images = train.normal().images
-        name = {"l2": "05_l2_ae", "ssim": "05_ssim_ae", "vae": "05_vae"}[self.loss]
+@add_to_class(ReconstructionDetector)
+def fit(self, train) -> "ReconstructionDetector":
+    """Train on the normal images of ``train`` (or load the cached weights of the same config and images)."""
+    images = train.normal().images
+    _, c, h, w = images.shape
+    if len(images) == 0 or h != w:
+        raise ValueError(f"{train.name}: fit needs normal, square training images, got {len(images)} of "
+                         f"{h} x {w}; crop or resize them (e.g. load with size=64).")
+    seed_everything(self.seed)
+    self.model = ConvAutoencoder(c, h, self.latent_dim, self.width, self.loss == "vae").to(self.device)
+
+    def train_fn(model):  # the loop is plumbing; the loss is training_loss above
+        return train_epochs(model, images, self.training_loss, self.epochs, self.batch_size, self.lr, self.seed,
+                            self.device, NAMES[self.loss], self.progress)
+
+    if self.use_cache:
         self.model, self.history, self.from_cache = load_or_train(
-            self.model, name, self.config(train), self._train, use_cache=self.use_cache)
-        self.model.to(self.device).eval()
-        self.train_seconds = self.history["seconds"]  # the training time, also when loaded from the cache
-        del self._train_images
-        return self
+            self.model, f"05_{NAMES[self.loss].lower()}", self.config(images), train_fn)
+    else:  # neither read nor write the cache (e.g. a changed training_loss)
+        self.history, self.from_cache = train_fn(self.model), False
+    self.model.to(self.device).eval()
+    self.train_seconds = self.history["seconds"]  # the training time, also when loaded from the cache
+    self.train_fingerprint = data_fingerprint(images)  # what it was trained on (lesson 06 checks it)
+    remember_input(self, images)
+    return self
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """f(x): [N, C, H, W] -> [N, C, H, W] (the VAE decodes its mean z = mu)."""
-        out = self.model(x)
-        return out[0] if self.loss == "vae" else out
 
-    def reconstruction_loss(self, x: torch.Tensor):
-        """L_r(x) per image [N] (differentiable in x) and f(x) [N, C, H, W].
+def box_blur(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over k x k windows, same size: [N, H, W] -> [N, H, W] (k = 1 returns the maps)."""
+    if k <= 1:
+        return maps
+    return F.avg_pool2d(F.pad(maps[:, None], (k // 2, (k - 1) // 2) * 2, mode="replicate"), k, 1)[:, 0]
 
-        l2: ||x - f(x)||^2;  ssim: sum over pixels of 1 - SSIM map;  vae: ||x - f(x)||^2 / (2 sigma^2).
-        """
-        x_hat = self.reconstruct(x)
-        if self.loss == "ssim":
-            rec = (1 - ssim_map(x, x_hat, window_size=self.window_size)).flatten(1).sum(1)
-        else:
-            rec = (x - x_hat).pow(2).flatten(1).sum(1)
-            if self.loss == "vae":
-                rec = rec / (2 * self.vae_sigma ** 2)
-        return rec, x_hat
 
-    def residual_map(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        """The anomaly map [N, H, W]: 1 - SSIM(x, x_hat) per pixel (ssim) or (x - x_hat)^2, channel mean."""
-        if self.loss == "ssim":
-            return (1 - ssim_map(x, x_hat, window_size=self.window_size)).mean(1)
-        return (x - x_hat).pow(2).mean(1)
+@add_to_class(ReconstructionDetector)
+def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    """f(x): [N, C, H, W] -> [N, C, H, W] (the VAE decodes its mean z = mu)."""
+    if self.model is None:
+        raise RuntimeError("ReconstructionDetector has no trained model yet: call fit(train) first.")
+    out = self.model(x)
+    return out[0] if self.loss == "vae" else out
 
-    def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """pred_score [N]: max of the box-blurred map (one bright pixel is not yet a defect)."""
-        return box_blur(anomaly_map, self.score_blur).flatten(1).amax(1)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor):
-        """images [N, C, H, W] -> (pred_score [N], anomaly_map [N, H, W]), both on the CPU."""
-        x = images.to(self.device)
-        anomaly_map = self.residual_map(x, self.reconstruct(x))
-        return self.score(anomaly_map).cpu(), anomaly_map.cpu()
+@add_to_class(ReconstructionDetector)
+def reconstruction_loss(self, x: torch.Tensor):
+    """L_r(x) per image [N] (differentiable in x) and f(x) [N, C, H, W].
+
+    l2: ||x - f(x)||^2;  ssim: sum over pixels of 1 - SSIM map;  vae: ||x - f(x)||^2 / (2 sigma^2).
+    """
+    x_hat = self.reconstruct(x)
+    if self.loss == "ssim":
+        rec = (1 - ssim_map(x, x_hat, window_size=self.window_size)).flatten(1).sum(1)
+    else:
+        rec = (x - x_hat).pow(2).flatten(1).sum(1)
+        if self.loss == "vae":
+            rec = rec / (2 * self.vae_sigma ** 2)
+    return rec, x_hat
+
+
+@add_to_class(ReconstructionDetector)
+def residual_map(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """The anomaly map [N, H, W]: 1 - SSIM(x, x_hat) per pixel (ssim) or (x - x_hat)^2, channel mean."""
+    if self.loss == "ssim":
+        return (1 - ssim_map(x, x_hat, window_size=self.window_size)).mean(1)
+    return (x - x_hat).pow(2).mean(1)
+
+
+@add_to_class(ReconstructionDetector)
+def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+    """pred_score [N]: max of the box-blurred map (one bright pixel is not yet a defect)."""
+    return box_blur(anomaly_map, self.score_blur).flatten(1).amax(1)
+
+
+@add_to_class(ReconstructionDetector)
+@torch.no_grad()
+def predict(self, images: torch.Tensor):
+    """images [N, C, H, W] -> (pred_score [N], anomaly_map [N, H, W]), both on the CPU."""
+    x = check_input(self, images).to(self.device)  # errors for predict before fit, other channels or size
+    anomaly_map = self.residual_map(x, self.reconstruct(x))
+    return self.score(anomaly_map).cpu(), anomaly_map.cpu()

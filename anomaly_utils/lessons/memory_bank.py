@@ -11,7 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from anomaly_utils import argcheck
 from anomaly_utils.backbones import FeatureExtractor
+from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.viz import show_maps  # noqa: F401 (plotting plumbing; lesson 08 imports it from here)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
@@ -28,76 +31,89 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
     return m[:, 0]
 
 
-class PatchEmbedding(nn.Module):
-    """Locally aware patch features from a frozen ImageNet backbone (PatchCore's recipe).
+def to_patches(embedding: torch.Tensor) -> torch.Tensor:
+    """``[N, D, h, w] -> [N * h * w, D]``: one row per patch (the memory bank's layout)."""
+    return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
 
-    Each chosen stage is averaged over a ``pool`` x ``pool`` neighbourhood (local aggregation), the
-    coarser stages are upsampled bilinearly to the grid of the first one, and all are concatenated.
-    ``forward(images [N, 1|3, H, W] in [0, 1]) -> embedding [N, D, H / s, W / s]`` with s the
-    stride of the first block (8 for blocks (4, 10): D = 40 + 112 = 152).
+
+def check_embedding_args(pool, upsample, embed_dim) -> None:
+    """Clear errors for ``patch_features``' arguments (before any backbone is loaded)."""
+    argcheck.whole("pool", pool)
+    if pool % 2 == 0:
+        raise ValueError(f"pool must be odd (1, 3, 5, ...) so that the grid keeps its size, got {pool}.")
+    argcheck.choice("upsample", upsample, ("bilinear", "nearest"))
+    if embed_dim is not None:
+        argcheck.whole("embed_dim", embed_dim)
+
+
+def patch_features(feats: list, pool: int = 3, count_include_pad: bool = True, upsample: str = "bilinear",
+                   embed_dim: int | None = None) -> torch.Tensor:
+    """Stage outputs ``[N, C_b, h_b, w_b]`` (finest first) -> locally aware patch features ``[N, D, h, w]``.
+
+    Each stage is averaged over its ``pool`` x ``pool`` neighbourhood (``count_include_pad=True``: over the
+    zero-padded window, PyTorch's default and the official code's, so border cells are pulled towards 0), the
+    coarser stages are upsampled to the first one's grid (``"bilinear"``: PatchCore's code; ``"nearest"``: PaDiM's,
+    each coarse cell repeated) and concatenated. ``embed_dim``: PatchCore's official reduction instead, where each
+    stage's pool x pool x C patch is kept unaveraged, pooled to ``embed_dim`` numbers, then all stages together to
+    ``embed_dim`` (``reduce_channels``), so that every stage weighs the same.
+    """
+    p = pool
+    if embed_dim is None:  # local aggregation: each patch averages its p x p neighbours at every stage
+        feats = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=count_include_pad) for f in feats]
+    else:  # the official code keeps the p x p x C patch (zero padding) as one vector per cell
+        feats = [F.unfold(f, p, padding=p // 2).view(len(f), -1, *f.shape[-2:]) for f in feats]
+    size = feats[0].shape[-2:]
+    align = {} if upsample == "nearest" else {"align_corners": False}
+    feats = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode=upsample, **align) for f in feats]
+    if embed_dim is not None:
+        feats = [reduce_channels(f, embed_dim) for f in feats]  # each stage -> embed_dim numbers per cell
+        feats = [reduce_channels(torch.cat(feats, 1), embed_dim)]  # all stages together -> embed_dim
+    return torch.cat(feats, dim=1)
+
+
+def reduce_channels(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[N, C, h, w] -> [N, dim, h, w]``: adaptive average pooling along the channels of each cell.
+
+    PatchCore's ``MeanMapper`` and ``Aggregator``: output channel j averages input channels ~[j C / dim, (j + 1) C / dim).
+    """
+    n, c, h, w = x.shape
+    pooled = F.adaptive_avg_pool1d(x.permute(0, 2, 3, 1).reshape(-1, 1, c), dim)  # [N h w, 1, dim]
+    return pooled.view(n, h, w, dim).permute(0, 3, 1, 2)
+
+
+class PatchEmbedding(nn.Module):
+    """A frozen ImageNet backbone followed by ``patch_features`` (PatchCore's locally aware patch features).
+
+    ``forward(images [N, 1|3, H, W] in [0, 1]) -> embedding [N, D, H / s, W / s]``, s the stride of the first
+    block (8 for blocks (4, 10), where D = 40 + 112 = 152). ``pool``, ``count_include_pad``, ``upsample`` and
+    ``embed_dim`` are ``patch_features``' arguments; their defaults follow PatchCore's official code except
+    ``embed_dim`` (``None``: the stages are concatenated; 1024 is the official reduction).
     """
 
-    def __init__(self, blocks=(4, 10), pool: int = 3, extractor: nn.Module | None = None):
+    def __init__(self, blocks=(4, 10), pool: int = 3, extractor: nn.Module | None = None,
+                 count_include_pad: bool = True, upsample: str = "bilinear", embed_dim: int | None = None):
         super().__init__()
+        check_embedding_args(pool, upsample, embed_dim)
+        self.pool, self.count_include_pad, self.upsample, self.embed_dim = pool, bool(count_include_pad), upsample, embed_dim
         self.extractor = extractor if extractor is not None else FeatureExtractor(blocks)
-        self.pool = pool
+
+    def check_size(self, images: torch.Tensor) -> None:
+        need = max(getattr(self.extractor, "strides", [1]))  # the coarsest stage must keep at least one cell
+        if min(images.shape[-2:]) < need:
+            raise ValueError(f"images of {images.shape[-2]} x {images.shape[-1]} pixels are too small for blocks "
+                             f"{tuple(self.extractor.blocks)}: their coarsest stage has stride {need}, so images "
+                             f"need at least {need} x {need} pixels; resize them (the detectors' image_size does it).")
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.extractor(images)
-        # local neighbourhood aggregation: each patch sees its 3 x 3 neighbours at every stage
-        feats = [F.avg_pool2d(f, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
-                 for f in feats]
-        size = feats[0].shape[-2:]
-        feats = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-                 for f in feats]
-        return torch.cat(feats, dim=1)
+        self.check_size(images)
+        return patch_features(self.extractor(images), self.pool, self.count_include_pad, self.upsample, self.embed_dim)
 
     def batched(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """``forward`` over many images in batches, on the backbone's device; result on the CPU."""
         device = next(self.extractor.parameters()).device
         return torch.cat([self(images[i:i + batch_size].to(device)).cpu()
                           for i in range(0, len(images), batch_size)])
-
-
-def to_patches(embedding: torch.Tensor) -> torch.Tensor:
-    """``[N, D, h, w] -> [N * h * w, D]``: one row per patch (the memory bank's layout)."""
-    return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
-
-
-def show_maps(images, anomaly_maps, masks=None, titles=None, vmax=None):
-    """Three rows per column: the image plain, the image with its mask outline (red), the heatmap overlay.
-
-    One colour scale for all heatmaps (from the lowest value to the 99.9 % quantile of the maps shown).
-    """
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    def to_np(x):
-        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-    images, maps = to_np(images), to_np(anomaly_maps)
-    masks = None if masks is None else to_np(masks)
-    n = len(images)
-    vmax = float(np.quantile(maps, 0.999)) if vmax is None else vmax
-    vmin = float(maps.min())
-    fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.6), squeeze=False)
-    for k in range(n):
-        img = images[k].transpose(1, 2, 0)
-        img = img[..., 0] if img.shape[-1] == 1 else img
-        for row in range(3):
-            axes[row, k].imshow(img, cmap="gray", vmin=0, vmax=1)
-            axes[row, k].set_xticks([]), axes[row, k].set_yticks([])
-        im = axes[2, k].imshow(maps[k], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
-        if masks is not None and masks[k].any():
-            for row in (1, 2):
-                axes[row, k].contour(masks[k], levels=[0.5], colors="red", linewidths=0.8)
-        if titles is not None:
-            axes[0, k].set_title(titles[k], fontsize=7)
-    axes[0, 0].set_ylabel("input", fontsize=8), axes[1, 0].set_ylabel("with mask", fontsize=8)
-    axes[2, 0].set_ylabel("anomaly map", fontsize=8)
-    fig.colorbar(im, ax=axes[2, :].tolist(), shrink=0.8, pad=0.01)
-    return fig
 
 
 def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, squared: bool = False,
@@ -109,6 +125,10 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, sq
     whatever Q and M are: ``||q - m||^2 = ||q||^2 - 2 q.m + ||m||^2``, one ``addmm`` per block, then a
     running top-k merged across the bank's blocks. ``squared=True`` returns squared distances.
     """
+    k = argcheck.whole("k (neighbours per query)", k)
+    if len(bank) == 0 or queries.shape[1:] != bank.shape[1:]:
+        raise ValueError(f"nearest_neighbours needs a non-empty bank [M, D] and queries [Q, D] of the same D; got "
+                         f"queries {list(queries.shape)} and bank {list(bank.shape)}.")
     k = min(k, len(bank))
     if len(queries) == 0:
         return queries.new_zeros(0, k), torch.zeros(0, k, dtype=torch.long)
@@ -136,32 +156,46 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, sq
 class MemoryBankDetector:
     """Shared plumbing of the patch-feature detectors: embed, score every patch, upsample, smooth.
 
-    Subclasses implement ``build(train_embedding [N, D, h, w])`` and
-    ``patch_scores(embedding [N, D, h, w]) -> [N, h, w]``. ``predict(images [N, C, H, W])`` returns
-    ``(pred_score [N], anomaly_map [N, H, W])``. ``image_score``: ``"map_max"`` (the maximum of the
-    upsampled, smoothed map: PaDiM's official code) or ``"patch_max"`` (the maximum of the raw patch
-    scores: PatchCore's official code).
+    Subclasses implement ``build(train_embedding [N, D, h, w])`` and ``patch_scores(embedding) -> [N, h, w]``.
+    ``predict(images [N, C, H, W])`` returns ``(pred_score [N], anomaly_map [N, H, W])``. ``image_score``:
+    ``"map_max"`` (maximum of the upsampled, smoothed map: PaDiM's code) or ``"patch_max"`` (maximum raw patch
+    score: PatchCore's code). Without an ``embedding`` one is built from ``blocks``, ``pool``,
+    ``count_include_pad``, ``upsample`` and ``embed_dim`` (see ``PatchEmbedding``). ``image_size``: resize every
+    image to ``image_size`` x ``image_size`` before embedding (maps come back at the input's size); ``None``
+    keeps the input's size.
     """
 
+    same_size = False  # patch scores do not depend on the position: any image size works
+
     def __init__(self, embedding: PatchEmbedding | None = None, sigma: float = 4.0, batch_size: int = 32,
-                 image_score: str = "map_max"):
-        if image_score not in ("map_max", "patch_max"):
-            raise ValueError(f"image_score must be 'map_max' or 'patch_max', got {image_score!r}")
+                 image_score: str = "map_max", blocks=(4, 10), pool: int = 3, count_include_pad: bool = True,
+                 upsample: str = "bilinear", embed_dim: int | None = None, image_size: int | None = None):
+        self.image_score = argcheck.choice("image_score", image_score, ("map_max", "patch_max"))
+        self.sigma = argcheck.real("sigma", sigma, low=0, why="the Gaussian smoothing of the map, in pixels")
+        self.batch_size = argcheck.whole("batch_size", batch_size)
+        self.image_size = None if image_size is None else argcheck.whole("image_size", image_size, minimum=16)
+        blocks = argcheck.wholes("blocks", blocks, minimum=0)
+        if max(blocks) > 15:
+            raise ValueError(f"blocks are EfficientNet-Lite0's block indices 0..15 (e.g. (4, 10)), got {blocks}.")
         self.embedding = embedding
-        self.sigma = sigma
-        self.batch_size = batch_size
-        self.image_score = image_score
+        self.embedding_args = dict(blocks=blocks, pool=pool, count_include_pad=count_include_pad,
+                                   upsample=upsample, embed_dim=embed_dim)
+        check_embedding_args(pool, upsample, embed_dim)  # now, not at fit (the backbone is loaded lazily)
 
     def default_embedding(self) -> PatchEmbedding:
-        return PatchEmbedding()
+        return PatchEmbedding(**self.embedding_args)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
             self.embedding = self.default_embedding()
+        if self.image_size is not None:
+            images = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
         return self.embedding.batched(images, self.batch_size)
 
     def fit(self, train_dataset):
-        self.build(self.embed(train_dataset.images))
+        images = train_dataset.images
+        self.build(self.embed(images))
+        remember_input(self, images)  # predict checks its images against these (channels; size for PaDiM)
         return self
 
     def scores_to_output(self, scores: torch.Tensor, image_size):
@@ -174,24 +208,35 @@ class MemoryBankDetector:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor):
+        images = check_input(self, images, same_size=self.same_size and self.image_size is None)
         return self.scores_to_output(self.patch_scores(self.embed(images)), images.shape[-2:])
 
 
 class KNNDetector(MemoryBankDetector):
-    """SPADE-like: every training patch goes into the memory bank; a patch's score is the mean
-    distance to its ``k`` nearest memorised patches. ``memory_bank [N * h * w, D]``."""
+    """SPADE-like: every training patch goes into the memory bank ``[N * h * w, D]``; a patch's score is the mean
+    distance to its ``k`` nearest memorised patches. ``n_images``: SPADE's first step, search only the patches of
+    the ``n_images`` training images nearest to the test image by a global feature (its mean patch feature);
+    ``None`` searches the whole bank."""
 
-    def __init__(self, k: int = 1, **kwargs):
+    def __init__(self, k: int = 1, n_images: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.k = k
+        self.k = argcheck.whole("k (nearest memorised patches per test patch)", k)
+        self.n_images = None if n_images is None else argcheck.whole("n_images", n_images)
 
     def build(self, train_embedding):
         self.memory_bank = to_patches(train_embedding)
+        self.image_features = train_embedding.mean(dim=(2, 3))  # one global feature per training image [N, D]
 
     def patch_scores(self, embedding):
-        n, _, h, w = embedding.shape
-        dist, _ = nearest_neighbours(to_patches(embedding), self.memory_bank, k=self.k)
-        return dist.mean(1).view(n, h, w)
+        n, D, h, w = embedding.shape
+        if self.n_images is None or self.n_images >= len(self.image_features):
+            dist, _ = nearest_neighbours(to_patches(embedding), self.memory_bank, k=self.k)
+            return dist.mean(1).view(n, h, w)
+        _, near = nearest_neighbours(embedding.mean(dim=(2, 3)), self.image_features, k=self.n_images)  # [n, K]
+        per_image = self.memory_bank.view(len(self.image_features), -1, D)  # the bank, image by image
+        dist = [nearest_neighbours(to_patches(embedding[i:i + 1]), per_image[near[i]].reshape(-1, D), k=self.k)[0]
+                for i in range(n)]
+        return torch.stack(dist).mean(-1).view(n, h, w)
 
 
 class PaDiM(MemoryBankDetector):
@@ -199,28 +244,37 @@ class PaDiM(MemoryBankDetector):
 
     Score of a patch x_ij: the Mahalanobis distance sqrt((x_ij - mu_ij)^T Sigma_ij^-1 (x_ij - mu_ij)),
     with Sigma_ij = sample covariance + ``eps`` * I (the regulariser that makes it invertible).
-    Fitted on one image size; ``mean [h*w, d]``, ``cov_inv [h*w, d, d]``. Without an ``embedding`` it
-    uses the paper's: the first three stages (EfficientNet-Lite0 blocks 2, 4, 10: strides 4, 8, 16),
-    no neighbourhood pooling, upsampled to the stride-4 grid and concatenated (D = 24 + 40 + 112 = 176).
+    Fitted on one patch grid; ``mean [h*w, d]``, ``cov_inv [h*w, d, d]``. Its default embedding is the paper's:
+    the first three stages (EfficientNet-Lite0 blocks 2, 4, 10: strides 4, 8, 16), no neighbourhood pooling,
+    upsampled to the stride-4 grid and concatenated (D = 24 + 40 + 112 = 176).
     """
 
-    def __init__(self, d: int = 100, eps: float = 0.01, seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.d, self.eps, self.seed = d, eps, seed
+    same_size = True  # one Gaussian per position: predict needs the training grid (or an image_size)
 
-    def default_embedding(self) -> PatchEmbedding:
-        return PatchEmbedding(blocks=(2, 4, 10), pool=1)  # pool=1: no local averaging
+    def __init__(self, d: int = 100, eps: float = 0.01, seed: int = 0, blocks=(2, 4, 10), pool: int = 1,
+                 upsample: str = "nearest", **kwargs):
+        super().__init__(blocks=blocks, pool=pool, upsample=upsample, **kwargs)
+        self.d = argcheck.whole("d (channels kept)", d)
+        self.eps = argcheck.real("eps", eps, low=0, low_open=True, why="the covariance's regulariser")
+        self.seed = seed
 
     def build(self, train_embedding):
         n, D, h, w = train_embedding.shape
+        if self.d > D:
+            raise ValueError(f"d={self.d}, but the embedding has only {D} channels: use 1 <= d <= {D}.")
         g = torch.Generator().manual_seed(self.seed)
-        self.channels = torch.randperm(D, generator=g)[: min(self.d, D)]  # random dimensionality reduction
+        self.channels = torch.randperm(D, generator=g)[: self.d]  # random dimensionality reduction
         x = train_embedding[:, self.channels].flatten(2).permute(2, 0, 1)  # [h*w, N, d]
         self.mean = x.mean(1)  # mu_ij  [h*w, d]
         xc = x - self.mean[:, None]
-        cov = xc.transpose(1, 2) @ xc / max(n - 1, 1)  # [h*w, d, d]
-        cov = cov + self.eps * torch.eye(len(self.channels))
-        self.cov_inv = torch.linalg.inv(cov)  # Sigma_ij^-1
+        cov = xc.transpose(1, 2) @ xc / max(n - 1, 1) + self.eps * torch.eye(self.d)  # Sigma_ij  [h*w, d, d]
+        # Sigma is symmetric positive definite: invert it through its Cholesky factor L (Sigma = L L^T), which
+        # needs no pivoting (a batched LU inverse hangs or fails on some MKL builds for d > ~140)
+        L, info = torch.linalg.cholesky_ex(cov)
+        if info.any():
+            raise ValueError(f"a covariance is not positive definite (eps={self.eps} is too small for these "
+                             "features): use a larger eps.")
+        self.cov_inv = torch.cholesky_inverse(L)  # Sigma_ij^-1
         self.grid = (h, w)
 
     def patch_scores(self, embedding):
@@ -261,7 +315,7 @@ def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int | None = 
     z_sq = z.pow(2).sum(1)  # ||z||^2  [N]
     zT = z.T.contiguous()  # [d*, N]: the layout in which the matrix-vector product reads memory fastest
     selected = torch.empty(n, dtype=torch.long)
-    selected[0] = torch.randint(len(z), (1,), generator=g).item()
+    selected[0] = torch.randint(len(z), (1,), generator=g).item()  # the official code: see "differences"
     min_dist = torch.full((len(z),), float("inf"), dtype=z.dtype)  # squared distance to the coreset
     for t in tqdm(range(1, n), desc="coreset", disable=not progress, mininterval=1):
         c = z[selected[t - 1]]
@@ -313,27 +367,32 @@ def greedy_coreset_fast(features: torch.Tensor, n: int, projection_dim: int | No
 
 
 class PatchCore(KNNDetector):
-    """PatchCore: kNN scoring against a greedy coreset of ``coreset_ratio`` of the training patches.
+    """PatchCore: kNN scoring against a greedy coreset of ``coreset_ratio`` (0 < ratio <= 1) of the training patches.
 
     ``coreset_impl="fast"`` (default) selects with ``greedy_coreset_fast`` (lazy updates), ``"reference"``
     with the plain loop of ``greedy_coreset``; both project to ``projection_dim`` (128, as the official code).
-    The image score is the maximum raw patch score, as in the official code.
+    The image score is the maximum raw patch score, as in the official code. ``coreset_ratio=1`` keeps every patch.
     """
 
     def __init__(self, coreset_ratio: float = 0.1, projection_dim: int | None = 128, seed: int = 0,
                  coreset_impl: str = "fast", image_score: str = "patch_max", **kwargs):
         super().__init__(image_score=image_score, **kwargs)
-        if coreset_impl not in ("fast", "reference"):
-            raise ValueError(f"coreset_impl must be 'fast' or 'reference', got {coreset_impl!r}")
-        self.coreset_ratio, self.projection_dim, self.seed = coreset_ratio, projection_dim, seed
-        self.coreset_impl = coreset_impl
+        if self.n_images is not None:
+            raise ValueError("n_images is kNN's search among the nearest training images; PatchCore searches its "
+                             "whole coreset: leave n_images out.")
+        self.coreset_ratio = argcheck.real("coreset_ratio", coreset_ratio, low=0, high=1, low_open=True,
+                                           why="the fraction of training patches kept")
+        self.projection_dim = None if projection_dim is None else argcheck.whole("projection_dim", projection_dim)
+        self.coreset_impl = argcheck.choice("coreset_impl", coreset_impl, ("fast", "reference"))
+        self.seed = seed
 
     def build(self, train_embedding):
         patches = to_patches(train_embedding)
         n = max(1, int(round(self.coreset_ratio * len(patches))))
         select = greedy_coreset_fast if self.coreset_impl == "fast" else greedy_coreset
         start = time.perf_counter()
-        idx = select(patches, n, self.projection_dim, self.seed)
+        idx = select(patches, n, self.projection_dim, self.seed) if n < len(patches) else torch.arange(n)
         self.coreset_seconds = time.perf_counter() - start
         self.coreset_indices = idx  # which training patches were kept
         self.memory_bank = patches[idx]
+        self.image_features = None  # the coreset mixes patches of all training images
