@@ -239,10 +239,11 @@ def plot_rocs(ax, curves: dict, title: str, style: dict) -> None:
 
     for i, (m, (labels, scores)) in enumerate(curves.items()):
         fpr, tpr = roc_curve(labels, scores)[:2]
-        ax.plot(fpr, tpr, linestyle=STYLES[i % len(STYLES)], color=style[m][0], lw=1.6,
+        ax.plot(fpr, tpr, linestyle=STYLES[i % len(STYLES)], color=style[m][0], lw=1.6, clip_on=False, zorder=3,
                 label=f"{m} ({image_auroc(labels, scores):.3f})")
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
-    ax.set(xlim=(0, 1), ylim=(0, 1.0), aspect="equal", xlabel="false positive rate", ylabel="true positive rate")
+    # a little room around [0, 1]: a perfect curve (AUROC 1.000) runs along x = 0 and y = 1, not hidden by the frame
+    ax.set(xlim=(-0.03, 1.0), ylim=(0, 1.03), aspect="equal", xlabel="false positive rate", ylabel="true positive rate")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, frameon=False)
 

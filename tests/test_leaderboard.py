@@ -210,6 +210,19 @@ def test_at_size_passes_the_lessons_bytes_through_unchanged():
     assert data_fingerprint(det.detector.seen) == data_fingerprint(images)  # the cached model's key is found
 
 
+def test_gans_see_mnist_digits_at_28_px_as_their_lessons_do(cpu):
+    # lessons 03 and 04 give the GANs the 28-px digits, which the GAN zero-pads to isize = 32 itself; resizing them
+    # to 32 first (bilinear) would be other images: another result, and the lessons' cached models not found
+    from anomaly_utils.lessons.leaderboard import METHODS
+
+    for name in ("AnoGAN", "GANomaly"):
+        spec = METHODS[name]
+        assert spec.settings("mnist")["isize"] == 32
+        assert spec.size("mnist") == 28, name
+        assert spec.make("mnist/0").size == 28
+    assert METHODS["GANomaly"].size("elpv") == METHODS["GANomaly"].settings("elpv")["isize"]  # elsewhere: isize
+
+
 def test_predict_tiled_averages_overlapping_windows():
     from anomaly_utils.lessons.leaderboard import predict_tiled
 

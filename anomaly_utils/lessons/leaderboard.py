@@ -149,7 +149,10 @@ class MethodSpec:
         return chosen
 
     def size(self, fam: str) -> int | None:
-        """The side it sees: the GANs' ``isize``, else what its lesson trained on, else the family's own."""
+        """The side it sees: the GANs' ``isize``, else what its lesson trained on, else the family's own. MNIST
+        digits keep their 28 px: the GANs zero-pad them to ``isize`` themselves, as in lessons 03 and 04."""
+        if fam == "mnist":
+            return FAMILY_SIZE[fam]
         args = self.base.data_args if self.base else self.data_args
         return self.settings(fam).get("isize") or args.get(fam, {}).get("size") or FAMILY_SIZE[fam]
 
