@@ -204,7 +204,7 @@ def make_registry() -> dict:
                    data_args={"real": dict(size=64), "elpv": dict(size=64, n_train=300)}),
         MethodSpec("FCDD", "02_fcdd", FCDD, maps, borrow={"elpv": "real"}, data_args=ELPV_64),
         MethodSpec("AnoGAN", "03_anogan", AnoGAN, ("mnist", "elpv"), data_args={"elpv": dict(n_train=350)},
-                   eval_subset={"elpv": 60}),  # its latent search: 100 steps per image; lesson 03's 60 per label
+                   eval_subset={"elpv": 60, "mnist": 60}),  # latent search, 100 steps per image: 60 per label
         MethodSpec("GANomaly", "04_ganomaly", GANomaly, everywhere, borrow={"real": "textures"},
                    data_args={"elpv": dict(n_train=350)}),
     ]
