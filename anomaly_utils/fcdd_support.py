@@ -148,7 +148,7 @@ def show_maps(images, maps, masks, titles, size=1.7, label="A'"):
     """
     import matplotlib.pyplot as plt
 
-    from .viz import _show, show_map
+    from .viz import LABEL_PT, TITLE_PT, _show, show_map
 
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(size * n + 0.6, 2 * size + 0.6), squeeze=False)
@@ -159,8 +159,8 @@ def show_maps(images, maps, masks, titles, size=1.7, label="A'"):
         if np.asarray(masks[k]).any():
             for ax in axes[:, k]:
                 ax.contour(np.asarray(masks[k]), levels=[0.5], colors="cyan", linewidths=0.8)
-        axes[0, k].set_title(titles[k], fontsize=7)
-    axes[0, 0].set_ylabel("image + mask", fontsize=8)
-    axes[1, 0].set_ylabel("map (own scale)", fontsize=8)
+        axes[0, k].set_title(titles[k], fontsize=TITLE_PT)
+    axes[0, 0].set_ylabel("image + mask", fontsize=LABEL_PT)
+    axes[1, 0].set_ylabel("map (own scale)", fontsize=LABEL_PT)
     fig.tight_layout()
     return fig

@@ -85,6 +85,11 @@ def show_map(ax, anomaly_map, vmin=None, vmax=None, cmap: str = MAP_CMAP, colorb
     return im
 
 
+# galleries are wide (one 1.8-inch column per image) and a notebook shrinks them to its width: titles and labels
+# at 9 pt stay readable when it does
+TITLE_PT, LABEL_PT = 9, 9
+
+
 def show_heatmaps(images, anomaly_maps, masks=None, titles=None, n: int | None = None, vmax=None, vmin=None,
                   label: str = "anomaly score"):
     """Rows of (image with mask outline, heatmap overlay) pairs; one shared colour scale with a colour bar.
@@ -100,15 +105,15 @@ def show_heatmaps(images, anomaly_maps, masks=None, titles=None, n: int | None =
     for k in range(n):
         _show(axes[0, k], images[k])
         if titles is not None:
-            axes[0, k].set_title(str(titles[k]), fontsize=7)
+            axes[0, k].set_title(str(titles[k]), fontsize=TITLE_PT)
         mappable = overlay(axes[1, k], images[k], maps[k], vmin, vmax)
         if masks is not None and masks[k].any():
             for ax in axes[:, k]:
                 ax.contour(masks[k], levels=[0.5], colors="cyan", linewidths=0.8)
-    axes[0, 0].set_ylabel("image + mask", fontsize=8)
-    axes[1, 0].set_ylabel("anomaly map", fontsize=8)
+    axes[0, 0].set_ylabel("image + mask", fontsize=LABEL_PT)
+    axes[1, 0].set_ylabel("anomaly map", fontsize=LABEL_PT)
     fig.tight_layout()
-    fig.colorbar(mappable, ax=axes[1, :].tolist(), fraction=0.03, pad=0.01).set_label(label, fontsize=7)
+    fig.colorbar(mappable, ax=axes[1, :].tolist(), fraction=0.03, pad=0.01).set_label(label, fontsize=LABEL_PT)
     return fig
 
 
@@ -131,10 +136,10 @@ def show_maps(images, anomaly_maps, masks=None, titles=None, vmax=None, vmin=Non
             for row in (1, 2):
                 axes[row, k].contour(masks[k], levels=[0.5], colors="red" if row == 1 else "cyan", linewidths=0.8)
         if titles is not None:
-            axes[0, k].set_title(str(titles[k]), fontsize=7)
-    axes[0, 0].set_ylabel("input", fontsize=8), axes[1, 0].set_ylabel("with mask", fontsize=8)
-    axes[2, 0].set_ylabel("anomaly map", fontsize=8)
-    fig.colorbar(mappable, ax=axes[2, :].tolist(), shrink=0.8, pad=0.01).set_label(label, fontsize=7)
+            axes[0, k].set_title(str(titles[k]), fontsize=TITLE_PT)
+    axes[0, 0].set_ylabel("input", fontsize=LABEL_PT), axes[1, 0].set_ylabel("with mask", fontsize=LABEL_PT)
+    axes[2, 0].set_ylabel("anomaly map", fontsize=LABEL_PT)
+    fig.colorbar(mappable, ax=axes[2, :].tolist(), shrink=0.8, pad=0.01).set_label(label, fontsize=LABEL_PT)
     return fig
 
 
