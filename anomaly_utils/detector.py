@@ -63,6 +63,21 @@ def remember_input(detector, images: torch.Tensor) -> None:
     detector.fit_input_shape = tuple(int(v) for v in images.shape[1:])
 
 
+def training_images(train_dataset, normal_only: bool = False) -> torch.Tensor:
+    """The images ``[N, C, H, W]`` of the data set ``fit`` was given (its normal ones with ``normal_only``).
+
+    ``fit`` takes an ``AnomalyDataset`` (the train split a loader returns); a bare tensor or a list of images gets
+    an error that says how to wrap it, instead of an ``AttributeError`` from inside ``fit``.
+    """
+    images = getattr(train_dataset, "images", None)
+    if not isinstance(images, torch.Tensor):
+        got = (f"a tensor of shape {list(train_dataset.shape)}" if isinstance(train_dataset, torch.Tensor)
+               else f"a {type(train_dataset).__name__}")
+        raise TypeError(f"fit takes a data set (an AnomalyDataset, such as the train split a loader returns), got {got}; "
+                        "wrap your own normal images: fit(AnomalyDataset(images, labels=torch.zeros(len(images)))).")
+    return train_dataset.normal().images if normal_only and hasattr(train_dataset, "normal") else images
+
+
 def check_input(detector, images, same_size: bool = True) -> torch.Tensor:
     """``images`` as a float ``[N, C, H, W]`` tensor, or a clear error that says what to do.
 

@@ -213,7 +213,7 @@ def latent_search(G, D, x: torch.Tensor, n_iter: int = 300, lr: float = 0.05, la
 
 
 from anomaly_utils import argcheck
-from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.detector import check_input, remember_input, training_images
 
 
 class AnoGAN:
@@ -242,7 +242,7 @@ class AnoGAN:
         self.history = None
 
     def fit(self, train_dataset):
-        images = train_dataset.images
+        images = training_images(train_dataset)
         if images.shape[1] != self.nc:
             raise ValueError(f"AnoGAN(nc={self.nc}) got {images.shape[1]}-channel training images: build it with "
                              f"nc={images.shape[1]}, or convert the images to {self.nc} channel(s).")

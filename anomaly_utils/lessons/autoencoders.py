@@ -176,7 +176,7 @@ def elbo_terms(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: t
 
 from anomaly_utils import argcheck
 from anomaly_utils.autoencoding import add_to_class, train_epochs
-from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.detector import check_input, remember_input, training_images
 from anomaly_utils.profiles import data_fingerprint, load_or_train, seed_everything
 
 NAMES = {"l2": "L2-AE", "ssim": "SSIM-AE", "vae": "VAE"}  # the loss -> the method's name
@@ -226,7 +226,7 @@ class ReconstructionDetector:
 @add_to_class(ReconstructionDetector)
 def fit(self, train) -> "ReconstructionDetector":
     """Train on the normal images of ``train`` (or load the cached weights of the same config and images)."""
-    images = train.normal().images
+    images = training_images(train, normal_only=True)
     _, c, h, w = images.shape
     if len(images) == 0 or h != w:
         raise ValueError(f"{train.name}: fit needs normal, square training images, got {len(images)} of "

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from anomaly_utils.cfa_support import check_bank_size, check_cfa_args
-from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.detector import check_input, remember_input, training_images
 from anomaly_utils.lessons.memory_bank import (PatchEmbedding, gaussian_blur, greedy_coreset_fast, nearest_neighbours,
                                                to_patches)
 
@@ -211,7 +211,7 @@ class CFA:
         return to_patches(self.descriptor(p))
 
     def fit(self, train_dataset):
-        p = self.embed(train_dataset.images)  # frozen features [N, D, h, w]
+        p = self.embed(training_images(train_dataset))  # frozen features [N, D, h, w]
         torch.manual_seed(self.seed)
         self.descriptor = CoordConv2d(p.shape[1], p.shape[1] // self.gamma_d)
         if self.init == "identity":

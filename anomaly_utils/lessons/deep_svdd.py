@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anomaly_utils import argcheck
-from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.detector import check_input, remember_input, training_images
 
 
 class LeNetEncoder(nn.Module):
@@ -183,7 +183,7 @@ class DeepSVDD:
 def deep_svdd_fit(self, train_dataset):
     """DeepSVDD.fit: build phi, pre-train it (optionally), fix c, then train; returns the fitted detector."""
     torch.manual_seed(self.seed)
-    images = train_dataset.images
+    images = training_images(train_dataset)
     n, ch, h, w = images.shape
     if n < 2 or min(h, w) < 2 ** len(self.channels):
         raise ValueError(f"Deep SVDD needs at least 2 training images of at least {2 ** len(self.channels)} px "

@@ -246,7 +246,7 @@ def fcdd_epoch(head, opt, normal, anomalous, labelled=None, upsample=None, pixel
     return total / n
 
 
-from anomaly_utils.detector import check_input, remember_input  # noqa: E402
+from anomaly_utils.detector import check_input, remember_input, training_images  # noqa: E402
 from anomaly_utils.fcdd_support import check_extra_images, check_fcdd_arguments, check_train_images  # noqa: E402
 from anomaly_utils.fcdd_support import natural_image_crops, progress_range  # noqa: E402, F401
 
@@ -297,7 +297,7 @@ class FCDD:
 def fcdd_fit(self, train_dataset):
     """``FCDD.fit``: features of the normal images, of the pseudo-anomalies and of the real defects
     (once), then ``epochs`` epochs of ``fcdd_epoch`` with a cosine learning rate; returns the detector."""
-    images = check_train_images(train_dataset.images)
+    images = check_train_images(training_images(train_dataset))
     size, g = tuple(images.shape[-2:]), torch.Generator().manual_seed(self.seed)
     torch.manual_seed(self.seed)
     self.net = FCDDNet(self.base_block, self.head_channels, self.head_layers).to(self.device)

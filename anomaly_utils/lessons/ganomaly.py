@@ -111,7 +111,7 @@ def train_ganomaly(G, D, images: torch.Tensor, epochs: int = 15, batch_size: int
 
 
 from anomaly_utils import argcheck
-from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.detector import check_input, remember_input, training_images
 from anomaly_utils.lessons.anogan import check_isize
 
 
@@ -143,7 +143,7 @@ class GANomaly:
         self.history = None
 
     def fit(self, train_dataset, monitor=None):
-        images = train_dataset.images
+        images = training_images(train_dataset)
         if images.shape[1] != self.nc:
             raise ValueError(f"GANomaly(nc={self.nc}) got {images.shape[1]}-channel training images: build it with "
                              f"nc={images.shape[1]}, or convert the images to {self.nc} channel(s).")

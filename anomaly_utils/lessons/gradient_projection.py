@@ -76,7 +76,7 @@ def project(self, x_0: torch.Tensor, n_steps: int | None = None, omega: torch.Te
     return x_t, frames
 
 
-from anomaly_utils.detector import check_input
+from anomaly_utils.detector import check_input, training_images
 from anomaly_utils.profiles import data_fingerprint
 
 
@@ -100,7 +100,7 @@ class GradientProjectionDetector:
             if train is None:
                 raise ValueError("the autoencoder is not trained yet: call fit(train) with the training images.")
             self.ae.fit(train)
-        elif train is not None and data_fingerprint(train.normal().images) != self.ae.train_fingerprint:
+        elif train is not None and data_fingerprint(training_images(train, normal_only=True)) != self.ae.train_fingerprint:
             raise ValueError(f"the autoencoder was trained on other images than {train.name!r}; pass an unfitted "
                              "ReconstructionDetector (fit then trains it on train) or fit on its own training set.")
         self.fit_input_shape = self.ae.fit_input_shape  # what check_input compares against

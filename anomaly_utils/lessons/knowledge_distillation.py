@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from anomaly_utils.backbones import FeatureExtractor, imagenet_normalize
-from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.detector import check_input, remember_input, training_images
 from anomaly_utils.distill import Distiller, add_to_class, match_size, penalty_images, random_crops, teacher_features
 from anomaly_utils.lessons.memory_bank import gaussian_blur
 from anomaly_utils.profiles import seed_everything
@@ -81,7 +81,7 @@ class StudentTeacher(Distiller):
     def fit(self, train_dataset):
         seed_everything(self.seed)
         self.teacher = FeatureExtractor((self.block,)).to(self.device)
-        images = train_dataset.images
+        images = training_images(train_dataset)
         t = teacher_features(self.teacher, images)[0]
         self.t_mean, self.t_std = t.mean((0, 2, 3), keepdim=True), t.std((0, 2, 3), keepdim=True) + 1e-6
         self._images = images
@@ -192,7 +192,7 @@ class STFPM(Distiller):
         student = FeatureExtractor(self.blocks, pretrained=False, trainable=True)  # the same architecture, from scratch
         config = dict(blocks=self.blocks, steps=self.steps, batch_size=self.batch_size, crop=self.crop, lr=self.lr,
                       snapshots=self.snapshots, seed=self.seed)
-        self._images = train_dataset.images
+        self._images = training_images(train_dataset)
         self.student = self.fit_cached(student, "09_stfpm", config, self._train, train_dataset.images).eval()
         del self._images
         remember_input(self, train_dataset.images)
@@ -352,7 +352,7 @@ class ReverseDistillation(Distiller):
     def fit(self, train_dataset):
         seed_everything(self.seed)
         self.teacher = FeatureExtractor(self.blocks).to(self.device)
-        self._feats = teacher_features(self.teacher, train_dataset.images)  # the teacher is frozen: once
+        self._feats = teacher_features(self.teacher, training_images(train_dataset))  # the teacher is frozen: once
         channels, strides = [f.shape[1] for f in self._feats], self.teacher.strides
         model = nn.ModuleDict({"bottleneck": OCBE(channels, strides, self.embedding_channels),
                                "decoder": Decoder(channels, strides, self.embedding_channels, self.width)})
@@ -433,7 +433,7 @@ class EfficientAD(StudentTeacher):
         self.val_fraction = val_fraction
 
     def fit(self, train_dataset):
-        n = len(train_dataset)
+        n = len(training_images(train_dataset))
         n_val = max(1, round(self.val_fraction * n))
         if n - n_val < 1:
             raise ValueError(f"EfficientAD needs at least 2 training images (to train on, and for q_a, q_b); got {n}.")

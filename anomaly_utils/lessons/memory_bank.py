@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from anomaly_utils import argcheck
 from anomaly_utils.backbones import FeatureExtractor
-from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.detector import check_input, remember_input, training_images
 from anomaly_utils.viz import show_maps  # noqa: F401 (plotting plumbing; lesson 08 imports it from here)
 
 
@@ -193,7 +193,7 @@ class MemoryBankDetector:
         return self.embedding.batched(images, self.batch_size)
 
     def fit(self, train_dataset):
-        images = train_dataset.images
+        images = training_images(train_dataset)
         self.build(self.embed(images))
         remember_input(self, images)  # predict checks its images against these (channels; size for PaDiM)
         return self

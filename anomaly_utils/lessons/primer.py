@@ -8,7 +8,7 @@ import numbers
 
 import torch
 
-from anomaly_utils.detector import check_input, remember_input
+from anomaly_utils.detector import check_input, remember_input, training_images
 
 
 class NearestNeighbourDetector:
@@ -24,7 +24,7 @@ class NearestNeighbourDetector:
         self.k = int(k)
 
     def fit(self, train_dataset):
-        images = train_dataset.images
+        images = training_images(train_dataset)
         if len(images) < self.k:
             raise ValueError(f"k={self.k}, but the training set holds only {len(images)} images: use k <= "
                              f"{len(images)} or more training images.")
@@ -51,7 +51,7 @@ class PixelZScoreDetector:
         self.eps = eps
 
     def fit(self, train_dataset):
-        images = train_dataset.images
+        images = training_images(train_dataset)
         if len(images) < 2:  # the spread of one sample is undefined (NaN)
             raise ValueError(f"the pixel z-score needs at least 2 training images to estimate each pixel's sigma, "
                              f"got {len(images)}.")
