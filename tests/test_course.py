@@ -146,3 +146,40 @@ def test_make_lab_serves_the_repository_root():
     out = subprocess.run(["make", "-n", "lab"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     lab = next(line for line in out.stdout.splitlines() if "jupyter" in line and " lab" in line)
     assert "--ServerApp.root_dir=." in lab and "notebooks/" not in lab.replace("tree/notebooks", "")
+
+
+def _png(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_large_png_figures_get_a_palette_and_small_ones_stay_as_they_are():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from anomaly_utils.course import LARGE_PNG, shrink_png
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray((rng.random((600, 700, 3)) * 255).astype(np.uint8))  # many colours: a large PNG
+    large = _png(photo)
+    assert len(large) > LARGE_PNG
+    shrunk = shrink_png(large)
+    assert len(shrunk) < len(large)
+    image = Image.open(io.BytesIO(base64.b64decode(shrunk)))
+    assert image.mode == "P" and image.size == (700, 600)
+    assert shrink_png(shrunk) == shrunk  # cleaning twice changes nothing more
+    small = _png(photo.resize((70, 60)))
+    assert shrink_png(small) == small
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_stay_under_3_mb(path):
+    """Fails when a rerun stored large figures in full colour: `python -m anomaly_utils.course --no-execute`."""
+    assert path.stat().st_size < 3_000_000, f"{path.name}: {path.stat().st_size / 1e6:.1f} MB"
