@@ -63,12 +63,20 @@ def remember_input(detector, images: torch.Tensor) -> None:
     detector.fit_input_shape = tuple(int(v) for v in images.shape[1:])
 
 
+def _reject_split_pair(data, call: str, split: str, example: str) -> None:
+    """A clear error when ``call`` (``fit``, ``evaluate``) is given the ``(train, test)`` pair a loader returns."""
+    if isinstance(data, tuple) and len(data) == 2:
+        raise TypeError(f"{call} got a (train, test) pair: the loaders return two splits; pass the {split} split, "
+                        f"e.g. train, test = load_piped(...); {example}.")
+
+
 def training_images(train_dataset, normal_only: bool = False) -> torch.Tensor:
     """The images ``[N, C, H, W]`` of the data set ``fit`` was given (its normal ones with ``normal_only``).
 
     ``fit`` takes an ``AnomalyDataset`` (the train split a loader returns); a bare tensor or a list of images gets
     an error that says how to wrap it, instead of an ``AttributeError`` from inside ``fit``.
     """
+    _reject_split_pair(train_dataset, "fit", "training", "detector.fit(train)")
     images = getattr(train_dataset, "images", None)
     if not isinstance(images, torch.Tensor):
         got = (f"a tensor of shape {list(train_dataset.shape)}" if isinstance(train_dataset, torch.Tensor)
@@ -162,9 +170,7 @@ def _check_maps(m: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 def _check_evaluate_args(test_dataset, batch_size) -> None:
     """Clear errors for the arguments of ``evaluate`` that would otherwise fail deep inside it."""
-    if isinstance(test_dataset, tuple) and len(test_dataset) == 2:
-        raise TypeError("evaluate got a (train, test) pair: the loaders return two splits; pass the evaluation split, "
-                        "e.g. train, test = load_piped(...); evaluate(detector, test).")
+    _reject_split_pair(test_dataset, "evaluate", "evaluation", "evaluate(detector, test)")
     if not all(hasattr(test_dataset, a) for a in ("images", "labels", "masks", "has_masks", "check_test_split")):
         raise TypeError(f"evaluate needs an AnomalyDataset (from anomaly_utils' loaders), got "
                         f"{type(test_dataset).__name__}; wrap your tensors: AnomalyDataset(images, labels, masks).")

@@ -48,3 +48,9 @@ def test_training_images_names_what_it_got_and_keeps_data_sets_unchanged():
     data = AnomalyDataset(torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 0, 1, 0]))
     assert training_images(data) is data.images
     assert torch.equal(training_images(data, normal_only=True), data.images[[0, 2, 4]])
+
+
+def test_fit_on_a_loaders_train_test_pair_says_which_split_to_pass():
+    pair = (AnomalyDataset(torch.rand(3, 1, 8, 8), torch.zeros(3)), AnomalyDataset(torch.rand(2, 1, 8, 8), torch.zeros(2)))
+    with pytest.raises(TypeError, match=r"\(train, test\) pair.*training split.*detector.fit\(train\)"):
+        training_images(pair)
